@@ -1,0 +1,7 @@
+"""Operators: multiscale deformable attention as a torch op, its PyTorch reference and the layer."""
+
+from codetr.ops.modules import MultiScaleDeformableAttention, set_msda_implementation
+from codetr.ops.msda import msda
+from codetr.ops.msda_reference import msda_reference
+
+__all__ = ["MultiScaleDeformableAttention", "msda", "msda_reference", "set_msda_implementation"]

@@ -1,0 +1,142 @@
+"""``torch.ops.codetr.msda``: multiscale deformable attention, with autograd and fake tensors.
+
+Importing this module loads the compiled kernels (``codetr._C``) and registers, through
+``torch.library``, the fake (meta) implementations used by FakeTensor tracing, torch.compile and
+torch.export, and the autograd formula (gradients for value, sampling_locations and
+attention_weights).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codetr import _C  # noqa: F401  (loading the library registers torch.ops.codetr.*)
+
+__all__ = ["msda"]
+
+
+def msda(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    im2col_step: int = 64,
+) -> torch.Tensor:
+    """Multiscale deformable attention (Deformable-DETR semantics).
+
+    Args:
+        value: [B, S, M, D] values of all levels, flattened row-major per level, S = sum H_l*W_l.
+        spatial_shapes: [L, 2] int64, (H_l, W_l) of each level.
+        level_start_index: [L] int64, offset of each level's first row in S.
+        sampling_locations: [B, Q, M, L, P, 2] normalised (x, y); (0, 0) is the top-left corner
+            of the map and (1, 1) the bottom-right one, pixel centres at (i + 0.5) / size.
+        attention_weights: [B, Q, M, L, P].
+        im2col_step: accepted for compatibility with Deformable-DETR's and torchvision's
+            ``deform_attn``; the kernels need no batch chunking, so any positive value gives the
+            same result and B need not be divisible by it.
+
+    Returns:
+        [B, Q, M*D] in value's dtype: for each query and head, the sum over levels and points of
+        attention weight times the bilinearly sampled value (align_corners=False; zeros outside
+        the map).
+
+    float64, float32, float16 and bfloat16 values are supported on CPU and CUDA, accumulating in
+    float32 (float64). With a float16/bfloat16 value, sampling_locations and attention_weights
+    may stay float32, which keeps sub-pixel precision on large maps.
+    """
+    return torch.ops.codetr.msda(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+    )
+
+
+def _check_fake_inputs(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    im2col_step: int,
+) -> None:
+    # The kernels check everything; at trace time only what a fake tensor can tell is checked,
+    # so that shape errors surface while exporting instead of at run time.
+    torch._check(im2col_step > 0, lambda: f"msda: im2col_step must be positive, got {im2col_step}")
+    torch._check(value.dim() == 4, lambda: f"msda: value must be [B, S, M, D], got {value.shape}")
+    torch._check(
+        spatial_shapes.dim() == 2 and spatial_shapes.dtype == torch.int64,
+        lambda: f"msda: spatial_shapes must be an int64 [L, 2], got {spatial_shapes.dtype} "
+        f"{spatial_shapes.shape}",
+    )
+    torch._check(
+        level_start_index.dim() == 1 and level_start_index.dtype == torch.int64,
+        lambda: f"msda: level_start_index must be an int64 [L], got {level_start_index.dtype} "
+        f"{level_start_index.shape}",
+    )
+    torch._check(
+        sampling_locations.dim() == 6,
+        lambda: f"msda: sampling_locations must be [B, Q, M, L, P, 2], got "
+        f"{sampling_locations.shape}",
+    )
+    torch._check(
+        attention_weights.dim() == 5,
+        lambda: f"msda: attention_weights must be [B, Q, M, L, P], got {attention_weights.shape}",
+    )
+
+
+@torch.library.register_fake("codetr::msda")
+def _msda_fake(
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step=64
+):
+    _check_fake_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+    )
+    batch, _, heads, channels = value.shape
+    queries = sampling_locations.shape[1]
+    return value.new_empty((batch, queries, heads * channels))
+
+
+@torch.library.register_fake("codetr::msda_backward")
+def _msda_backward_fake(
+    grad_output,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    im2col_step=64,
+):
+    _check_fake_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+    )
+    return (
+        torch.empty_like(value, memory_format=torch.contiguous_format),
+        torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
+        torch.empty_like(attention_weights, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, step = inputs
+    ctx.save_for_backward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+    ctx.im2col_step = step
+
+
+def _backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        ctx.saved_tensors
+    )
+    grad_value, grad_locations, grad_weights = torch.ops.codetr.msda_backward(
+        grad_output.contiguous(),
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        ctx.im2col_step,
+    )
+    return grad_value, None, None, grad_locations, grad_weights, None
+
+
+torch.library.register_autograd("codetr::msda", _backward, setup_context=_setup_context)

@@ -1,0 +1,130 @@
+// Schema of torch.ops.codetr.msda and the input checks every backend runs first.
+// The schema matches Deformable-DETR's MSDeformAttnFunction and torchvision's (unreleased)
+// torchvision::deform_attn, so the ops are interchangeable.
+#include "msda.h"
+
+#include <torch/library.h>
+
+namespace codetr::msda {
+namespace {
+
+bool is_supported_float(at::ScalarType type) {
+  return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
+}
+
+void check_same_device(const at::Tensor& tensor, const char* name, const at::Tensor& value) {
+  TORCH_CHECK(tensor.device() == value.device(), "msda: ", name, " must be on value's device (",
+              value.device(), "), got ", tensor.device());
+}
+
+void check_level_layout(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                        int64_t num_values) {
+  const auto shapes = spatial_shapes.accessor<int64_t, 2>();
+  const auto starts = level_start_index.accessor<int64_t, 1>();
+  int64_t expected_start = 0;
+  for (int64_t level = 0; level < spatial_shapes.size(0); ++level) {
+    const int64_t height = shapes[level][0];
+    const int64_t width = shapes[level][1];
+    TORCH_CHECK(height > 0 && width > 0, "msda: spatial_shapes[", level,
+                "] must be a positive (H, W), got (", height, ", ", width, ")");
+    TORCH_CHECK(starts[level] == expected_start, "msda: level_start_index[", level,
+                "] must be ", expected_start, " (the sum of H*W of the levels before it), got ",
+                starts[level]);
+    expected_start += height * width;
+  }
+  TORCH_CHECK(expected_start == num_values, "msda: spatial_shapes give sum(H*W) = ",
+              expected_start, " but value has S = ", num_values, " rows (value.shape[1])");
+}
+
+}  // namespace
+
+Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights, int64_t im2col_step) {
+  TORCH_CHECK(im2col_step > 0, "msda: im2col_step must be positive, got ", im2col_step);
+  TORCH_CHECK(value.dim() == 4, "msda: value must be [B, S, M, D], got shape ", value.sizes());
+  TORCH_CHECK(is_supported_float(value.scalar_type()),
+              "msda: value must be float64, float32, float16 or bfloat16, got ",
+              value.scalar_type());
+  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
+              "msda: spatial_shapes must be [L, 2] (H, W per level), got shape ",
+              spatial_shapes.sizes());
+  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong,
+              "msda: spatial_shapes must be int64, got ", spatial_shapes.scalar_type());
+  const int64_t num_levels = spatial_shapes.size(0);
+  TORCH_CHECK(num_levels > 0, "msda: spatial_shapes must hold at least one level");
+  TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == num_levels,
+              "msda: level_start_index must be [L] = [", num_levels, "], got shape ",
+              level_start_index.sizes());
+  TORCH_CHECK(level_start_index.scalar_type() == at::kLong,
+              "msda: level_start_index must be int64, got ", level_start_index.scalar_type());
+  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
+              "msda: sampling_locations must be [B, Q, M, L, P, 2], got shape ",
+              sampling_locations.sizes());
+  TORCH_CHECK(attention_weights.dim() == 5,
+              "msda: attention_weights must be [B, Q, M, L, P], got shape ",
+              attention_weights.sizes());
+
+  const Sizes sizes{value.size(0),
+                    value.size(1),
+                    value.size(2),
+                    value.size(3),
+                    num_levels,
+                    sampling_locations.size(1),
+                    sampling_locations.size(4)};
+  const std::vector<int64_t> expected_locations{sizes.batch, sizes.num_queries, sizes.num_heads,
+                                                num_levels, sizes.num_points, 2};
+  TORCH_CHECK(sampling_locations.sizes() == at::IntArrayRef(expected_locations),
+              "msda: sampling_locations must be [B, Q, M, L, P, 2] = ",
+              at::IntArrayRef(expected_locations), " to match value ", value.sizes(),
+              " and spatial_shapes, got ", sampling_locations.sizes());
+  const std::vector<int64_t> expected_weights{sizes.batch, sizes.num_queries, sizes.num_heads,
+                                              num_levels, sizes.num_points};
+  TORCH_CHECK(attention_weights.sizes() == at::IntArrayRef(expected_weights),
+              "msda: attention_weights must be [B, Q, M, L, P] = ",
+              at::IntArrayRef(expected_weights), ", got ", attention_weights.sizes());
+
+  const auto value_type = value.scalar_type();
+  const auto location_type = sampling_locations.scalar_type();
+  const bool half_value = value_type == at::kHalf || value_type == at::kBFloat16;
+  TORCH_CHECK(location_type == value_type || (half_value && location_type == at::kFloat),
+              "msda: sampling_locations must have value's dtype (", value_type, ")",
+              half_value ? " or float32" : "", ", got ", location_type);
+  TORCH_CHECK(attention_weights.scalar_type() == location_type,
+              "msda: attention_weights must have sampling_locations' dtype (", location_type,
+              "), got ", attention_weights.scalar_type());
+
+  check_same_device(spatial_shapes, "spatial_shapes", value);
+  check_same_device(level_start_index, "level_start_index", value);
+  check_same_device(sampling_locations, "sampling_locations", value);
+  check_same_device(attention_weights, "attention_weights", value);
+  if (value.device().is_cpu()) {
+    check_level_layout(spatial_shapes.contiguous(), level_start_index.contiguous(),
+                       sizes.num_values);
+  }
+  return sizes;
+}
+
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const Sizes& sizes) {
+  const std::vector<int64_t> expected{sizes.batch, sizes.num_queries,
+                                      sizes.num_heads * sizes.channels};
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
+              "msda_backward: grad_output must be [B, Q, M*D] = ", at::IntArrayRef(expected),
+              ", got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == value.scalar_type(),
+              "msda_backward: grad_output must have value's dtype (", value.scalar_type(),
+              "), got ", grad_output.scalar_type());
+  check_same_device(grad_output, "grad_output", value);
+}
+
+TORCH_LIBRARY(codetr, m) {
+  m.def(
+      "msda(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights, int im2col_step=64) -> Tensor");
+  m.def(
+      "msda_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
+      "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights, "
+      "int im2col_step=64) -> (Tensor, Tensor, Tensor)");
+}
+
+}  // namespace codetr::msda
