@@ -1,9 +1,9 @@
 """``torch.ops.codetr.msda``: multiscale deformable attention, with autograd and fake tensors.
 
-Importing this module loads the compiled kernels (``codetr._C``) and registers, through
-``torch.library``, the fake (meta) implementations used by FakeTensor tracing, torch.compile and
-torch.export, and the autograd formula (gradients for value, sampling_locations and
-attention_weights).
+Importing this module loads the compiled library (``codetr._C``: the CPU and CUDA kernels and the
+autograd formula, with gradients for value, sampling_locations and attention_weights) and
+registers the fake (meta) implementations used by FakeTensor tracing, torch.compile and
+torch.export.
 """
 
 from __future__ import annotations
@@ -113,30 +113,3 @@ def _msda_backward_fake(
         torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
         torch.empty_like(attention_weights, memory_format=torch.contiguous_format),
     )
-
-
-def _setup_context(ctx, inputs, output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, step = inputs
-    ctx.save_for_backward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
-    ctx.im2col_step = step
-
-
-def _backward(ctx, grad_output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
-        ctx.saved_tensors
-    )
-    grad_value, grad_locations, grad_weights = torch.ops.codetr.msda_backward(
-        grad_output.contiguous(),
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        ctx.im2col_step,
-    )
-    return grad_value, None, None, grad_locations, grad_weights, None
-
-
-torch.library.register_autograd("codetr::msda", _backward, setup_context=_setup_context)

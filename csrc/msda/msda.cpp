@@ -8,6 +8,16 @@
 namespace codetr::msda {
 namespace {
 
+// "[2, 3, 4]". Built by hand: streaming an IntArrayRef into the error message crashed torch 2.11
+// when the check fired on CUDA tensors.
+std::string shape_of(at::IntArrayRef sizes) {
+  std::string text = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    text += (i ? ", " : "") + std::to_string(sizes[i]);
+  }
+  return text + "]";
+}
+
 bool is_supported_float(at::ScalarType type) {
   return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
 }
@@ -42,28 +52,28 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                    const at::Tensor& attention_weights, int64_t im2col_step) {
   TORCH_CHECK(im2col_step > 0, "msda: im2col_step must be positive, got ", im2col_step);
-  TORCH_CHECK(value.dim() == 4, "msda: value must be [B, S, M, D], got shape ", value.sizes());
+  TORCH_CHECK(value.dim() == 4, "msda: value must be [B, S, M, D], got shape ", shape_of(value.sizes()));
   TORCH_CHECK(is_supported_float(value.scalar_type()),
               "msda: value must be float64, float32, float16 or bfloat16, got ",
               value.scalar_type());
   TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
               "msda: spatial_shapes must be [L, 2] (H, W per level), got shape ",
-              spatial_shapes.sizes());
+              shape_of(spatial_shapes.sizes()));
   TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong,
               "msda: spatial_shapes must be int64, got ", spatial_shapes.scalar_type());
   const int64_t num_levels = spatial_shapes.size(0);
   TORCH_CHECK(num_levels > 0, "msda: spatial_shapes must hold at least one level");
   TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == num_levels,
               "msda: level_start_index must be [L] = [", num_levels, "], got shape ",
-              level_start_index.sizes());
+              shape_of(level_start_index.sizes()));
   TORCH_CHECK(level_start_index.scalar_type() == at::kLong,
               "msda: level_start_index must be int64, got ", level_start_index.scalar_type());
   TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
               "msda: sampling_locations must be [B, Q, M, L, P, 2], got shape ",
-              sampling_locations.sizes());
+              shape_of(sampling_locations.sizes()));
   TORCH_CHECK(attention_weights.dim() == 5,
               "msda: attention_weights must be [B, Q, M, L, P], got shape ",
-              attention_weights.sizes());
+              shape_of(attention_weights.sizes()));
 
   const Sizes sizes{value.size(0),
                     value.size(1),
@@ -76,13 +86,13 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                                 num_levels, sizes.num_points, 2};
   TORCH_CHECK(sampling_locations.sizes() == at::IntArrayRef(expected_locations),
               "msda: sampling_locations must be [B, Q, M, L, P, 2] = ",
-              at::IntArrayRef(expected_locations), " to match value ", value.sizes(),
-              " and spatial_shapes, got ", sampling_locations.sizes());
+              shape_of(expected_locations), " to match value ", shape_of(value.sizes()),
+              " and spatial_shapes, got ", shape_of(sampling_locations.sizes()));
   const std::vector<int64_t> expected_weights{sizes.batch, sizes.num_queries, sizes.num_heads,
                                               num_levels, sizes.num_points};
   TORCH_CHECK(attention_weights.sizes() == at::IntArrayRef(expected_weights),
               "msda: attention_weights must be [B, Q, M, L, P] = ",
-              at::IntArrayRef(expected_weights), ", got ", attention_weights.sizes());
+              shape_of(expected_weights), ", got ", shape_of(attention_weights.sizes()));
 
   const auto value_type = value.scalar_type();
   const auto location_type = sampling_locations.scalar_type();
@@ -109,8 +119,8 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, c
   const std::vector<int64_t> expected{sizes.batch, sizes.num_queries,
                                       sizes.num_heads * sizes.channels};
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
-              "msda_backward: grad_output must be [B, Q, M*D] = ", at::IntArrayRef(expected),
-              ", got ", grad_output.sizes());
+              "msda_backward: grad_output must be [B, Q, M*D] = ", shape_of(expected),
+              ", got ", shape_of(grad_output.sizes()));
   TORCH_CHECK(grad_output.scalar_type() == value.scalar_type(),
               "msda_backward: grad_output must have value's dtype (", value.scalar_type(),
               "), got ", grad_output.scalar_type());

@@ -3,8 +3,9 @@
 // Work split: each (batch, query, head) row gets G x K lanes. The G channel lanes each own VEC
 // consecutive channels per chunk (16-byte vectors), and D / (G * VEC) chunks cover the row.
 // The K split lanes share out the row's L * P points; K > 1 only when there are too few rows to
-// fill the GPU (the decoder's 900 queries). G and K are powers of two with G * K <= 32, so a
-// row's lanes never straddle a warp and their sums reduce with warp shuffles.
+// fill the GPU (the decoder's 900 queries). G is a power of two up to 32, so a row's channel
+// lanes never straddle a warp and reduce their per-point sums with warp shuffles; in the
+// forward, whose split lanes also sum with shuffles, K is a power of two with G * K <= 32.
 //
 // Backward: gradients of sampling locations and attention weights are written once per point
 // by its first channel lane; the value gradient is scattered with vector reductions into a
@@ -13,6 +14,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "../sampling.h"
@@ -128,7 +130,7 @@ __device__ __forceinline__ void load_location(const L* __restrict__ locations, i
 struct Layout {
   int64_t total_threads;  // rows * group * splits
   int group;              // G: channel lanes per row, a power of two
-  int splits;             // K: lanes that share a row's points, a power of two; G * K <= 32
+  int splits;             // K: lanes that share out a row's points
   int chunks;             // D / (G * VEC)
 };
 
@@ -303,18 +305,40 @@ int pick_vec(const Problem& pb, int bytes, std::initializer_list<const void*> po
 // Enough threads to cover the GPU several times over; below that, rows split their points.
 constexpr int64_t kTargetThreads = int64_t(1) << 20;
 
-Layout make_layout(const Problem& pb, int vec) {
+int channel_group(const Problem& pb, int vec) {
   const int64_t vectors_per_row = pb.channels / vec;
   int group = 1;
   while (group < kWarpSize && vectors_per_row % (group * 2) == 0) group *= 2;
-  const int64_t rows = pb.batch * pb.num_queries * pb.num_heads;
+  return group;
+}
+
+int64_t num_rows(const Problem& pb) { return pb.batch * pb.num_queries * pb.num_heads; }
+
+// The forward sums a row's points across its split lanes with shuffles, so K is a power of two
+// and G * K fits in a warp.
+Layout forward_layout(const Problem& pb, int vec) {
+  const int group = channel_group(pb, vec);
+  const int64_t rows = num_rows(pb);
   const int64_t points = pb.num_levels * pb.num_points;
   int splits = 1;
   while (group * splits * 2 <= kWarpSize && splits * 2 <= points &&
          rows * group * splits < kTargetThreads) {
     splits *= 2;
   }
-  return Layout{rows * group * splits, group, splits, static_cast<int>(vectors_per_row / group)};
+  return Layout{rows * group * splits, group, splits, static_cast<int>(pb.channels / vec / group)};
+}
+
+// The backward's split lanes share nothing, so K is free: up to one point per lane, spread
+// evenly (the decoder's 900 queries: 10 lanes of 2 points each instead of 4 of 5).
+Layout backward_layout(const Problem& pb, int vec) {
+  const int group = channel_group(pb, vec);
+  const int64_t rows = num_rows(pb);
+  const int64_t points = std::max<int64_t>(pb.num_levels * pb.num_points, 1);
+  const int64_t wanted = std::clamp<int64_t>(kTargetThreads / std::max<int64_t>(rows * group, 1),
+                                             1, points);
+  const int64_t rounds = (points + wanted - 1) / wanted;
+  const int splits = static_cast<int>((points + rounds - 1) / rounds);
+  return Layout{rows * group * splits, group, splits, static_cast<int>(pb.channels / vec / group)};
 }
 
 unsigned int blocks_for(const Layout& layout) {
@@ -325,7 +349,7 @@ unsigned int blocks_for(const Layout& layout) {
 template <typename T, typename L, int VEC>
 void forward_with(const Problem& pb, const T* v, const int64_t* shapes, const int64_t* starts,
                   const L* loc, const L* w, T* out, cudaStream_t stream) {
-  const Layout layout = make_layout(pb, VEC);
+  const Layout layout = forward_layout(pb, VEC);
   forward_kernel<T, L, VEC><<<blocks_for(layout), kThreadsPerBlock, 0, stream>>>(
       pb, layout, v, shapes, starts, loc, w, out);
 }
@@ -352,7 +376,7 @@ template <typename T, typename L, int VEC>
 void backward_with(const Problem& pb, const T* v, const int64_t* shapes, const int64_t* starts,
                    const L* loc, const L* w, const T* go, acc_type_t<T>* gv, L* gl, L* gw,
                    cudaStream_t stream) {
-  const Layout layout = make_layout(pb, VEC);
+  const Layout layout = backward_layout(pb, VEC);
   backward_kernel<T, L, VEC><<<blocks_for(layout), kThreadsPerBlock, 0, stream>>>(
       pb, layout, v, shapes, starts, loc, w, go, gv, gl, gw);
 }

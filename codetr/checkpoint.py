@@ -1,0 +1,218 @@
+"""Loading official Co-DETR checkpoints (and saving our own) without running pickled code.
+
+Official files are mmcv/mmengine checkpoints: a dict whose ``state_dict`` holds the weights
+(``meta``, ``optimizer`` ... beside it). We also accept ``model`` / ``ema`` wrappers, a bare
+state dict, a ``module.`` (DDP) prefix, and ``.safetensors`` files (if the package is installed).
+
+Two layouts exist and differ only in the Swin backbone:
+
+* mmdetection 3.x (our module layout): ``backbone.stages.{i}.blocks.{j}.attn.w_msa.qkv`` ...,
+  ``ffn.layers.{0.0,1}``, ``patch_embed.projection``; patch merging in ``nn.Unfold`` channel order.
+* Sense-X / original Swin (mmdetection 2.x): ``backbone.layers.{i}.blocks.{j}.attn.qkv`` ...,
+  ``mlp.fc{1,2}``, ``patch_embed.proj``; patch merging concatenates the 2x2 neighbours
+  (0,0), (1,0), (0,1), (1,1) block-wise, so its norm and reduction weights are permuted here.
+
+Training-only entries (auxiliary heads, denoising embeddings, ...) are logged and dropped;
+derived buffers are checked or skipped; anything else that does not match is an error listing
+every offending key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["mmdet3", "sensex"]
+
+TRAINING_ONLY_PREFIXES = (
+    "rpn_head.",
+    "roi_head.",
+    "bbox_head.",
+    "query_head.label_embedding.",  # Sense-X denoising label embedding
+    "query_head.dn_generator.",  # mmdet 3.x denoising generator
+    "query_head.downsample.",  # extra level fed to the auxiliary heads
+    "query_head.transformer.aux_pos_trans",
+    "query_head.transformer.pos_feats_trans",
+    "query_head.transformer.pos_feats_norm",
+    "query_head.transformer.head_pos_embed",
+)
+"""Parameters that only the training losses use; reported and dropped on load."""
+
+_BATCH_NORM_COUNTER = "num_batches_tracked"  # absent from FrozenBatchNorm2d
+_RELATIVE_POSITION_INDEX = "relative_position_index"  # derived from the window size
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be read or does not fit the model; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    layout: Layout
+    loaded: int
+    dropped_training_only: tuple[str, ...]
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.pth`` / ``.pt`` / ``.safetensors`` file, unwrapped from its container."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from error
+        try:
+            return dict(load_file(str(path)))
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from error
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused to unpickle (weights_only=True allows tensors and plain containers only; "
+            f"re-save just the state_dict): {error}"
+        ) from error
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {error}") from error
+    return _unwrap(content, path)
+
+
+def _unwrap(content: object, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(content).__name__}")
+    for wrapper in ("state_dict", "model", "ema"):
+        if isinstance(content.get(wrapper), Mapping):
+            content = content[wrapper]
+            break
+    tensors = {key: value for key, value in content.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(map(str, content))[:10]})")
+    if all(key.startswith("module.") for key in tensors):
+        tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
+    return tensors
+
+
+def detect_layout(state: Mapping[str, torch.Tensor]) -> Layout:
+    return "sensex" if any(key.startswith("backbone.layers.") for key in state) else "mmdet3"
+
+
+# (Sense-X fragment, mmdet 3.x fragment) of Swin keys; applied to "backbone." keys only.
+_SWIN_RENAMES = (
+    ("backbone.layers.", "backbone.stages."),
+    ("backbone.patch_embed.proj.", "backbone.patch_embed.projection."),
+    (".attn.", ".attn.w_msa."),
+    (".mlp.fc1.", ".ffn.layers.0.0."),
+    (".mlp.fc2.", ".ffn.layers.1."),
+)
+_MERGE_KEY = re.compile(r"^backbone\.(?:layers|stages)\.\d+\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)$")
+
+
+def _neighbour_blocks_to_unfold(tensor: torch.Tensor) -> torch.Tensor:
+    """Last dim 4C: Sense-X blocks [(0,0), (1,0), (0,1), (1,1)] x C -> unfold order c*4 + 2*row + col."""
+    blocks = tensor.unflatten(-1, (4, tensor.shape[-1] // 4))[..., [0, 2, 1, 3], :]
+    return blocks.transpose(-1, -2).flatten(-2)
+
+
+def _unfold_to_neighbour_blocks(tensor: torch.Tensor) -> torch.Tensor:
+    unfolded = tensor.unflatten(-1, (tensor.shape[-1] // 4, 4)).transpose(-1, -2)
+    return unfolded[..., [0, 2, 1, 3], :].flatten(-2)
+
+
+def _convert(state: Mapping[str, torch.Tensor], to_mmdet3: bool) -> dict[str, torch.Tensor]:
+    reorder = _neighbour_blocks_to_unfold if to_mmdet3 else _unfold_to_neighbour_blocks
+    converted = {}
+    for key, value in state.items():
+        new_key = key
+        if key.startswith("backbone."):
+            for sensex, mmdet3 in _SWIN_RENAMES:
+                new_key = new_key.replace(sensex, mmdet3) if to_mmdet3 else new_key.replace(mmdet3, sensex)
+            if _MERGE_KEY.match(key):
+                value = reorder(value)
+        converted[new_key] = value
+    return converted
+
+
+def sensex_to_mmdet3(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sense-X (mmdet 2.x) layout -> our (mmdet 3.x) layout; non-Swin keys are unchanged."""
+    return _convert(state, to_mmdet3=True)
+
+
+def mmdet3_to_sensex(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`sensex_to_mmdet3` (Swin models only change)."""
+    return _convert(state, to_mmdet3=False)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
+    """Loads an official (either layout) or our own checkpoint into ``model``, strictly."""
+    state = read_state_dict(path)
+    return load_state_dict(model, state, source=str(path))
+
+
+def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "<state dict>") -> LoadReport:
+    layout = detect_layout(state)
+    if layout == "sensex":
+        state = sensex_to_mmdet3(state)
+    expected = model.state_dict()
+    derived = {name: buffer for name, buffer in model.named_buffers() if name.endswith(_RELATIVE_POSITION_INDEX)}
+
+    training_only = sorted(key for key in state if key.startswith(TRAINING_ONLY_PREFIXES))
+    usable = {}
+    problems = []
+    for key, value in state.items():
+        if key in training_only or key.endswith(_BATCH_NORM_COUNTER):
+            continue
+        if key in derived:
+            if not torch.equal(value.to(derived[key].device), derived[key]):
+                problems.append(f"{key}: stored window index differs from the one this window size implies")
+            continue
+        if key not in expected:
+            problems.append(f"unexpected key {key} {tuple(value.shape)}")
+        elif value.shape != expected[key].shape:
+            problems.append(f"shape mismatch {key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+        else:
+            usable[key] = value
+    problems.extend(f"missing key {key}" for key in expected if key not in state)
+    if problems:
+        listing = "\n  ".join(problems)
+        raise CheckpointError(f"{source} ({layout} layout) does not fit the model, {len(problems)} problem(s):\n  {listing}")
+    if training_only:
+        groups = sorted({".".join(key.split(".")[:2]) for key in training_only})
+        logger.info("%s: dropped %d training-only entries (%s)", source, len(training_only), ", ".join(groups))
+    model.load_state_dict(usable, strict=True)
+    return LoadReport(layout=layout, loaded=len(usable), dropped_training_only=tuple(training_only))
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, layout: Layout = "mmdet3") -> None:
+    """Writes ``{"state_dict": ...}`` in the given official layout (atomically: temp file + rename)."""
+    path = Path(path)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    if layout == "sensex":
+        state = mmdet3_to_sensex(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, temporary)
+        else:
+            torch.save({"state_dict": state}, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

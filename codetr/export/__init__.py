@@ -1,0 +1,10 @@
+"""Export of Co-DINO: torch.export (.pt2), ONNX (plugin node or decomposed) and TensorRT engines.
+
+``export.py`` is the command line (:mod:`codetr.export.cli`); :func:`export_model` is the API.
+"""
+
+from codetr.export.options import Artifact, DimRange, ExportOptions, MsdaMode
+from codetr.export.pipeline import ExportResult, export_model
+from codetr.export.stages import ExportError
+
+__all__ = ["Artifact", "DimRange", "ExportError", "ExportOptions", "ExportResult", "MsdaMode", "export_model"]

@@ -1,0 +1,107 @@
+"""Rewrite ``codetr::CodetrMSDA`` nodes into NVIDIA's stock ``MultiscaleDeformableAttnPlugin_TRT``.
+
+The stock plugin (TensorRT OSS ``plugin/multiscaleDeformableAttnPlugin``, version "2",
+IPluginV3, in libnvinfer_plugin) lets the ONNX build on any TensorRT 10.x/11.x without our
+plugin library, e.g. with trtexec, Triton or DeepStream. Its contract differs from ours:
+
+- spatial_shapes [L, 2] and level_start_index [L] are int32 (ours: int64);
+- value, sampling_locations and attention_weights share one dtype, float32 or float16
+  (ours allows float32 locations/weights with half values);
+- the output is [N, Lq, M, D] (ours: [N, Lq, M*D]);
+- no plugin fields; namespace "".
+
+So each node becomes Cast(int32) x2, Cast(value dtype) x2 where needed, the plugin node and a
+Reshape to [N, Lq, M*D].
+"""
+
+from __future__ import annotations
+
+import onnx
+import numpy as np
+from onnx import helper, numpy_helper
+
+from codetr.export.plugin_contract import (
+    CODETR_DOMAIN,
+    CODETR_OP_TYPE,
+    NVIDIA_DOMAIN,
+    NVIDIA_OP_TYPE,
+    NVIDIA_PLUGIN_NAMESPACE,
+    NVIDIA_PLUGIN_VERSION,
+)
+
+_SUPPORTED_VALUE_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+def replace_with_nvidia_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``codetr::CodetrMSDA`` nodes are the stock NVIDIA plugin."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    element_types = _element_types(model)
+    new_nodes: list[onnx.NodeProto] = []
+    # Reshape target [0, 0, -1]: keep N and Lq, merge M and D.
+    merge_heads = f"{NVIDIA_OP_TYPE}_merge_heads_shape"
+    replaced = 0
+    for node in graph.node:
+        if node.op_type != CODETR_OP_TYPE or node.domain != CODETR_DOMAIN:
+            new_nodes.append(node)
+            continue
+        value, shapes, starts, locations, weights = node.input
+        value_type = element_types.get(value)
+        if value_type not in _SUPPORTED_VALUE_TYPES:
+            raise ValueError(
+                f"node {node.name!r}: {NVIDIA_OP_TYPE} supports float32/float16 values, got "
+                f"{onnx.TensorProto.DataType.Name(value_type) if value_type else 'unknown type'}"
+            )
+        prefix = node.name or f"msda_{replaced}"
+
+        def cast(tensor: str, to: int, label: str) -> str:
+            if element_types.get(tensor) == to:
+                return tensor
+            output = f"{prefix}/{label}_cast"
+            new_nodes.append(helper.make_node("Cast", [tensor], [output], name=output, to=to))
+            return output
+
+        plugin_inputs = [
+            value,
+            cast(shapes, onnx.TensorProto.INT32, "spatial_shapes"),
+            cast(starts, onnx.TensorProto.INT32, "level_start_index"),
+            cast(locations, value_type, "sampling_locations"),
+            cast(weights, value_type, "attention_weights"),
+        ]
+        per_head = f"{prefix}/per_head_output"
+        new_nodes.append(
+            helper.make_node(
+                NVIDIA_OP_TYPE, plugin_inputs, [per_head], name=f"{prefix}/{NVIDIA_OP_TYPE}",
+                domain=NVIDIA_DOMAIN, plugin_version=NVIDIA_PLUGIN_VERSION, plugin_namespace=NVIDIA_PLUGIN_NAMESPACE,
+            )
+        )
+        new_nodes.append(
+            helper.make_node("Reshape", [per_head, merge_heads], [node.output[0]], name=f"{prefix}/merge_heads")
+        )
+        replaced += 1
+    if not replaced:
+        raise ValueError(f"the model has no {CODETR_DOMAIN}::{CODETR_OP_TYPE} node to replace")
+    graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), merge_heads))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _replace_opset_import(model, CODETR_DOMAIN, NVIDIA_DOMAIN)
+    return model
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every named tensor whose type the model records."""
+    graph = model.graph
+    types = {value.name: value.type.tensor_type.elem_type
+             for value in [*graph.input, *graph.output, *graph.value_info]}
+    types.update({tensor.name: tensor.data_type for tensor in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def _replace_opset_import(model: onnx.ModelProto, old_domain: str, new_domain: str) -> None:
+    kept = [opset for opset in model.opset_import if opset.domain != old_domain]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    model.opset_import.append(helper.make_opsetid(new_domain, 1))

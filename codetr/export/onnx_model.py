@@ -1,0 +1,82 @@
+"""ONNX translation of the ExportedProgram, with MSDA as a plugin node or as standard ops.
+
+The plugin node forms are specified in :mod:`codetr.export.plugin_contract`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnxscript
+import torch
+from torch.export import ExportedProgram
+
+from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
+from codetr.export.options import ExportOptions, MsdaMode
+from codetr.export import plugin_contract as contract
+from codetr.export.program import INPUT_NAMES, OUTPUT_NAMES
+from codetr.export.stages import atomic_path
+
+# ONNX Runtime 1.31 (and TensorRT 10's parser) read IR versions up to 10/13; onnx >= 1.20
+# writes 14 by default. Nothing here needs a newer IR than 10 (opset 18-21 era).
+IR_VERSION = 10
+
+_CODETR_OPSET = onnxscript.values.Opset(contract.CODETR_DOMAIN, contract.CODETR_DOMAIN_VERSION)
+
+
+def _msda_plugin_node(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                      im2col_step: int = 64):
+    """Translation of ``torch.ops.codetr.msda`` into the one plugin node of the contract."""
+    return _CODETR_OPSET.CodetrMSDA(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        im2col_step=im2col_step, plugin_version=contract.CODETR_PLUGIN_VERSION, plugin_namespace=contract.CODETR_PLUGIN_NAMESPACE,
+    )
+
+
+def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto:
+    """Translate ``program`` to a checked ONNX model in the options' MSDA form.
+
+    Dynamic image sides become the symbolic dimensions ``height`` and ``width`` of ``images``.
+    """
+    contract.register_codetr_msda_schema()
+    translations = {} if options.msda is MsdaMode.DECOMPOSED else {torch.ops.codetr.msda.default: _msda_plugin_node}
+    onnx_program = torch.onnx.export(
+        program,
+        dynamo=True,
+        opset_version=options.opset,
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        custom_translation_table=translations,
+        optimize=True,
+        verbose=False,
+    )
+    model = onnx_program.model_proto
+    _name_dynamic_dims(model)
+    if options.msda is MsdaMode.NVIDIA:
+        model = replace_with_nvidia_plugin(model)
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _name_dynamic_dims(model: onnx.ModelProto) -> None:
+    """Give the images input's symbolic sides readable names wherever they appear as-is."""
+    images = next(value for value in model.graph.input if value.name == INPUT_NAMES[0])
+    renames = {}
+    for axis, name in ((2, "height"), (3, "width")):
+        dim = images.type.tensor_type.shape.dim[axis]
+        if dim.dim_param:
+            renames[dim.dim_param] = name
+    if not renames:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` as one self-contained file, atomically."""
+    with atomic_path(path) as temporary:
+        onnx.save_model(model, temporary)

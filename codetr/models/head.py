@@ -1,0 +1,58 @@
+"""Co-DINO query head (inference path): masks, positional encodings, transformer, final branches.
+
+Layout (prefix ``query_head.``): ``transformer.*`` (see :mod:`codetr.models.transformer`),
+``cls_branches.{0..D}`` (Linear C -> num_classes) and ``reg_branches.{0..D}.{0,2,4}``
+(Linear-ReLU-Linear-ReLU-Linear C -> 4), D = number of decoder layers: branch i < D follows
+decoder layer i, branch D scores the encoder proposals. Denoising queries
+(``label_embedding``), the aux-head feature ``downsample`` and the ATSS / RPN / RoI heads are
+training-only and live outside this module.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codetr.config import TransformerConfig
+from codetr.models.common import inverse_sigmoid
+from codetr.models.positional_encoding import sine_mask_encoding
+from codetr.models.transformer import CoDinoTransformer
+
+
+def _reg_branch(dims: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, 4))
+
+
+def padding_masks(image_sizes: torch.Tensor, height: int, width: int, feature_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Per-level padding masks [B, H_l, W_l] bool (True = padding), nearest-downsampled from the
+    pixel mask of the valid (h, w) region as mmdet does. image_sizes [B, 2] int64 (h, w)."""
+    device = image_sizes.device
+    rows = torch.arange(height, device=device)[None, :, None] >= image_sizes[:, 0, None, None]
+    cols = torch.arange(width, device=device)[None, None, :] >= image_sizes[:, 1, None, None]
+    pixel_mask = (rows | cols).float()[None]
+    return [F.interpolate(pixel_mask, size=size, mode="nearest")[0].bool() for size in feature_sizes]
+
+
+class CoDINOHead(nn.Module):
+    def __init__(self, config: TransformerConfig, num_classes: int) -> None:
+        super().__init__()
+        dims = config.embed_dims
+        self.pos_temperature = config.pos_temperature
+        self.transformer = CoDinoTransformer(config)
+        self.cls_branches = nn.ModuleList(nn.Linear(dims, num_classes) for _ in range(config.decoder_layers + 1))
+        self.reg_branches = nn.ModuleList(_reg_branch(dims) for _ in range(config.decoder_layers + 1))
+
+    def forward(self, features: list[torch.Tensor], image_sizes: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """features [B, C, H_l, W_l]; image_sizes [B, 2] int64 (h, w); input_size = padded (H, W).
+
+        Returns class logits [B, Q, num_classes] float32 and boxes [B, Q, 4] float32, normalised
+        (cx, cy, w, h) relative to each image's valid size.
+        """
+        masks = padding_masks(image_sizes, input_size[0], input_size[1], [(f.shape[2], f.shape[3]) for f in features])
+        positions = [sine_mask_encoding(mask, features[0].shape[1] // 2, self.pos_temperature) for mask in masks]
+        state, boxes_in, _, _ = self.transformer(features, masks, positions, self.cls_branches, self.reg_branches)
+        last = len(self.transformer.decoder.layers) - 1
+        logits = self.cls_branches[last](state).float()
+        boxes = (self.reg_branches[last](state).float() + inverse_sigmoid(boxes_in)).sigmoid()
+        return logits, boxes

@@ -1,0 +1,93 @@
+"""Host-side pre-processing matching the official Co-DETR test pipelines.
+
+``Resize(scale, keep_ratio=True)``: the image is scaled by
+min(long_limit / long_edge, short_limit / short_edge), sizes rounded as mmcv does
+(``int(x * s + 0.5)``), bilinear (``align_corners=False``, no antialias, like cv2.INTER_LINEAR),
+rounded back to integer intensities like the uint8 cv2 output. Then the batch is padded
+bottom/right to the fixed LSJ size or to the largest image rounded up to ``size_divisor``.
+Mean/std normalisation is not done here: it is inside the model, which takes RGB 0-255.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_image
+
+from codetr.config import PreprocessConfig
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """images [B, 3, H, W] float32 RGB 0-255, padded; image_sizes [B, 2] int64 (h, w) handed to
+    the model (the resized content, or the whole canvas when the config does not mask padding);
+    scale_factors [B, 2] float64 (w_scale, h_scale) = resized / original; original_sizes [B, 2]
+    int64 (h, w)."""
+
+    images: torch.Tensor
+    image_sizes: torch.Tensor
+    scale_factors: torch.Tensor
+    original_sizes: torch.Tensor
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """RGB uint8 [3, H, W] with EXIF orientation applied; clear errors for missing/undecodable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"cannot decode image {path}: {error}") from error
+
+
+def rescaled_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv ``rescale_size`` with keep_ratio: the largest (h, w) fitting the (long, short) limits."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_keep_ratio(image: torch.Tensor, scale: tuple[int, int]) -> torch.Tensor:
+    """[3, H, W] uint8 or float 0-255 -> [3, h, w] float32 with integer intensities."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
+    height, width = rescaled_size(image.shape[1], image.shape[2], scale)
+    resized = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0].round().clamp(0, 255)
+
+
+def make_batch(images: Sequence[torch.Tensor], config: PreprocessConfig) -> Batch:
+    """Resizes and pads a list of [3, H_i, W_i] RGB images (any sizes) into one batch."""
+    if not images:
+        raise ValueError("make_batch needs at least one image")
+    resized = [resize_keep_ratio(image, config.scale) for image in images]
+    heights = [image.shape[1] for image in resized]
+    widths = [image.shape[2] for image in resized]
+    if config.pad_size is not None:
+        canvas_height, canvas_width = config.pad_size
+        if max(heights) > canvas_height or max(widths) > canvas_width:
+            raise ValueError(f"resized image exceeds pad_size {config.pad_size}; check preprocess.scale")
+    else:
+        divisor = config.size_divisor
+        canvas_height = -(-max(heights) // divisor) * divisor
+        canvas_width = -(-max(widths) // divisor) * divisor
+    batch = torch.full((len(images), 3, canvas_height, canvas_width), float(config.pad_value))
+    for index, image in enumerate(resized):
+        batch[index, :, : image.shape[1], : image.shape[2]] = image
+    resized_sizes = torch.tensor(list(zip(heights, widths)), dtype=torch.int64)
+    original_sizes = torch.tensor([(image.shape[1], image.shape[2]) for image in images], dtype=torch.int64)
+    scale_factors = (resized_sizes.double() / original_sizes.double()).flip(-1)
+    if config.mask_padding:
+        image_sizes = resized_sizes
+    else:
+        image_sizes = torch.tensor([[canvas_height, canvas_width]] * len(images), dtype=torch.int64)
+    return Batch(batch, image_sizes, scale_factors, original_sizes)

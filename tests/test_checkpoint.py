@@ -1,0 +1,318 @@
+"""Checkpoints: official key names (both layouts) load 1:1, round trips, strict errors, safe loading."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from codetr.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict,
+    mmdet3_to_sensex,
+    save_checkpoint,
+    sensex_to_mmdet3,
+)
+from codetr.config import Config, load_config
+from codetr.models import build_model
+from codetr.models.swin import PatchMerging
+from model_configs import CONFIGS, tiny_config, tiny_swin_config
+
+# ---- official key names, written out from the official module structure ----------------------
+
+def _linear(prefix: str, bias: bool = True) -> list[str]:
+    return [f"{prefix}.weight"] + ([f"{prefix}.bias"] if bias else [])
+
+
+def _bn(prefix: str) -> list[str]:
+    return [f"{prefix}.{name}" for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+
+def official_resnet_keys(depth: int) -> list[str]:
+    bottleneck = depth >= 50
+    blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}[depth]
+    keys = ["backbone.conv1.weight", *_bn("backbone.bn1")]
+    for stage, count in enumerate(blocks, start=1):
+        for block in range(count):
+            prefix = f"backbone.layer{stage}.{block}"
+            for conv in range(1, 4 if bottleneck else 3):
+                keys += [f"{prefix}.conv{conv}.weight", *_bn(f"{prefix}.bn{conv}")]
+            if block == 0 and (bottleneck or stage > 1):
+                keys += [f"{prefix}.downsample.0.weight", *_bn(f"{prefix}.downsample.1")]
+    return keys
+
+
+def official_swin_keys(depths: tuple[int, ...], out_indices: tuple[int, ...], layout: str) -> list[str]:
+    mmdet3 = layout == "mmdet3"
+    stage = "stages" if mmdet3 else "layers"
+    attn = "attn.w_msa" if mmdet3 else "attn"
+    fc1, fc2 = ("ffn.layers.0.0", "ffn.layers.1") if mmdet3 else ("mlp.fc1", "mlp.fc2")
+    keys = _linear("backbone.patch_embed.projection" if mmdet3 else "backbone.patch_embed.proj")
+    keys += _linear("backbone.patch_embed.norm")
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            block = f"backbone.{stage}.{i}.blocks.{j}"
+            keys += _linear(f"{block}.norm1") + _linear(f"{block}.norm2")
+            keys += [f"{block}.{attn}.relative_position_bias_table", f"{block}.{attn}.relative_position_index"]
+            keys += _linear(f"{block}.{attn}.qkv") + _linear(f"{block}.{attn}.proj")
+            keys += _linear(f"{block}.{fc1}") + _linear(f"{block}.{fc2}")
+        if i < len(depths) - 1:
+            keys += _linear(f"backbone.{stage}.{i}.downsample.norm") + _linear(f"backbone.{stage}.{i}.downsample.reduction", bias=False)
+    for i in out_indices:
+        keys += _linear(f"backbone.norm{i}")
+    return keys
+
+
+def _msda(prefix: str) -> list[str]:
+    return sum((_linear(f"{prefix}.{name}") for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj")), [])
+
+
+def official_head_keys(config: Config) -> list[str]:
+    model = config.model
+    keys = []
+    for i in range(len(model.neck.in_channels)):
+        keys += [f"neck.convs.{i}.conv.weight", *_linear(f"neck.convs.{i}.gn")]
+    for i in range(model.neck.num_outs - len(model.neck.in_channels)):
+        keys += [f"neck.extra_convs.{i}.conv.weight", *_linear(f"neck.extra_convs.{i}.gn")]
+    t = "query_head.transformer"
+    keys += [f"{t}.level_embeds", f"{t}.query_embed.weight", *_linear(f"{t}.enc_output"), *_linear(f"{t}.enc_output_norm")]
+    for i in range(model.transformer.encoder_layers):
+        layer = f"{t}.encoder.layers.{i}"
+        keys += _msda(f"{layer}.attentions.0") + _linear(f"{layer}.norms.0") + _linear(f"{layer}.norms.1")
+        keys += _linear(f"{layer}.ffns.0.layers.0.0") + _linear(f"{layer}.ffns.0.layers.1")
+    for i in range(model.transformer.decoder_layers):
+        layer = f"{t}.decoder.layers.{i}"
+        keys += [f"{layer}.attentions.0.attn.in_proj_weight", f"{layer}.attentions.0.attn.in_proj_bias"]
+        keys += _linear(f"{layer}.attentions.0.attn.out_proj") + _msda(f"{layer}.attentions.1")
+        keys += sum((_linear(f"{layer}.norms.{n}") for n in range(3)), [])
+        keys += _linear(f"{layer}.ffns.0.layers.0.0") + _linear(f"{layer}.ffns.0.layers.1")
+    keys += _linear(f"{t}.decoder.ref_point_head.0") + _linear(f"{t}.decoder.ref_point_head.2") + _linear(f"{t}.decoder.norm")
+    for i in range(model.transformer.decoder_layers + 1):
+        keys += _linear(f"query_head.cls_branches.{i}")
+        keys += sum((_linear(f"query_head.reg_branches.{i}.{n}") for n in (0, 2, 4)), [])
+    return keys
+
+
+def official_keys(config: Config, layout: str) -> list[str]:
+    if config.model.swin is not None:
+        backbone = official_swin_keys(config.model.swin.depths, config.model.swin.out_indices, layout)
+    else:
+        backbone = official_resnet_keys(config.model.resnet.depth)
+    return backbone + official_head_keys(config)
+
+
+TRAINING_ONLY = {
+    "rpn_head.rpn_conv.weight": (4, 4),
+    "roi_head.0.bbox_head.fc_cls.weight": (3, 4),
+    "bbox_head.0.atss_cls.weight": (5, 4),
+    "query_head.downsample.0.weight": (4, 4, 3, 3),
+    "query_head.transformer.aux_pos_trans.0.weight": (4, 8),
+    "query_head.transformer.pos_feats_norm.1.bias": (4,),
+}
+
+
+def _official_relative_position_index(window: int) -> torch.Tensor:
+    """mmdet 3.x WindowMSA's formula (a different derivation from ours)."""
+    row = torch.arange(0, (2 * window - 1) * window, 2 * window - 1)[:, None]
+    coords = (row + torch.arange(window)[None, :]).reshape(1, -1)
+    return (coords + coords.T).flip(1)
+
+
+def official_state_dict(config: Config, layout: str, seed: int = 5) -> dict[str, torch.Tensor]:
+    """Random tensors under the official names; shapes from a model built the official way."""
+    shapes = {key: value.shape for key, value in build_model(config).state_dict().items()}
+    if layout == "sensex":
+        shapes = _sensex_shapes(shapes)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key in official_keys(config, layout):
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(7)
+        elif key.endswith("relative_position_index"):
+            state[key] = _official_relative_position_index(config.model.swin.window_size)
+        else:
+            state[key] = torch.randn(shapes[key], generator=generator)
+    return state
+
+
+def _sensex_shapes(shapes: dict[str, torch.Size]) -> dict[str, torch.Size]:
+    dummy = {key: torch.empty(shape) for key, shape in shapes.items()}
+    return {key: value.shape for key, value in mmdet3_to_sensex(dummy).items()}
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("config_name", "layout"),
+    [
+        ("co_dino_5scale_r50_lsj_8xb2_1x_coco", "mmdet3"),
+        ("co_dino_5scale_swin_l_16xb1_16e_o365tococo", "mmdet3"),
+        ("co_dino_5scale_swin_l_16xb1_16e_o365tococo", "sensex"),
+    ],
+)
+def test_full_size_models_have_exactly_the_official_names(config_name, layout):
+    config = load_config(CONFIGS / f"{config_name}.toml")
+    with torch.device("meta"):
+        model = build_model(config, seed=None)
+    ours = set(model.state_dict())
+    if layout == "sensex":
+        ours = set(mmdet3_to_sensex({key: torch.empty(0) for key in ours}))
+    derived = {key for key in official_keys(config, layout) if key.endswith(("num_batches_tracked", "relative_position_index"))}
+    assert ours == set(official_keys(config, layout)) - derived
+
+
+@pytest.mark.parametrize(("make_config", "layout"), [(tiny_config, "mmdet3"), (tiny_swin_config, "mmdet3"), (tiny_swin_config, "sensex")])
+def test_official_state_dict_loads_one_to_one(make_config, layout, caplog):
+    config = make_config()
+    state = official_state_dict(config, layout)
+    for key, shape in TRAINING_ONLY.items():
+        state[key] = torch.zeros(shape)
+    model = build_model(config)
+    with caplog.at_level(logging.INFO, logger="codetr.checkpoint"):
+        report = load_state_dict(model, state)
+    assert report.layout == layout
+    assert set(report.dropped_training_only) == set(TRAINING_ONLY)
+    assert "dropped 6 training-only entries" in caplog.text
+    loaded = model.state_dict()
+    converted = sensex_to_mmdet3(state) if layout == "sensex" else state
+    for key, value in loaded.items():
+        assert torch.equal(value, converted[key]), key
+    if layout == "sensex":  # qkv is not permuted, only renamed
+        assert torch.equal(loaded["backbone.stages.1.blocks.0.attn.w_msa.qkv.weight"], state["backbone.layers.1.blocks.0.attn.qkv.weight"])
+
+
+def test_sensex_patch_merging_weights_are_reordered_correctly():
+    """Sense-X merging concatenates x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]."""
+    torch.manual_seed(0)
+    channels = 3
+    norm_weight, norm_bias = torch.randn(4 * channels), torch.randn(4 * channels)
+    reduction = torch.randn(2 * channels, 4 * channels)
+    x = torch.randn(2, 4, 6, channels)
+    parts = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
+    merged = torch.nn.functional.layer_norm(torch.cat(parts, -1), (4 * channels,), norm_weight, norm_bias)
+    expected = merged @ reduction.T
+
+    prefix = "backbone.layers.0.downsample."
+    converted = sensex_to_mmdet3(
+        {prefix + "norm.weight": norm_weight, prefix + "norm.bias": norm_bias, prefix + "reduction.weight": reduction}
+    )
+    module = PatchMerging(channels)
+    new_prefix = "backbone.stages.0.downsample."
+    module.load_state_dict({key.removeprefix(new_prefix): value for key, value in converted.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), expected)
+    back = mmdet3_to_sensex(converted)
+    assert torch.equal(back[prefix + "reduction.weight"], reduction) and torch.equal(back[prefix + "norm.bias"], norm_bias)
+
+
+@pytest.mark.parametrize(("make_config", "layout"), [(tiny_config, "mmdet3"), (tiny_swin_config, "mmdet3"), (tiny_swin_config, "sensex")])
+def test_save_load_round_trip(tmp_path, make_config, layout):
+    config = make_config()
+    source = build_model(config, seed=3)
+    path = tmp_path / "model.pth"
+    save_checkpoint(source, path, layout=layout)
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert any(key.startswith("backbone.layers." if layout == "sensex" and config.model.swin else "backbone.") for key in stored)
+    target = build_model(config, seed=4)
+    report = load_checkpoint(target, path)
+    assert report.layout == (layout if config.model.swin else "mmdet3")
+    for (key, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
+        assert torch.equal(a, b), key
+    images = torch.rand(1, 3, 64, 96) * 255
+    sizes = torch.tensor([[64, 96]])
+    with torch.no_grad():
+        for a, b in zip(source(images, sizes), target(images, sizes)):
+            assert torch.equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "ema", "bare", "ddp"])
+def test_container_variants(tmp_path, wrap):
+    source = build_model(tiny_config(), seed=3)
+    state = source.state_dict()
+    content = {
+        "state_dict": {"state_dict": state, "meta": {"epoch": 12, "CLASSES": ("a", "b")}},
+        "model": {"model": state},
+        "ema": {"ema": state},
+        "bare": state,
+        "ddp": {"state_dict": {f"module.{key}": value for key, value in state.items()}},
+    }[wrap]
+    torch.save(content, tmp_path / "checkpoint.pth")
+    target = build_model(tiny_config(), seed=4)
+    load_checkpoint(target, tmp_path / "checkpoint.pth")
+    assert torch.equal(target.query_head.cls_branches[2].weight, source.query_head.cls_branches[2].weight)
+
+
+def _errors_for(state: dict[str, torch.Tensor]) -> str:
+    with pytest.raises(CheckpointError) as error:
+        load_state_dict(build_model(tiny_config()), state, source="test.pth")
+    return str(error.value)
+
+
+def test_missing_unexpected_and_mismatched_keys_are_all_listed():
+    state = dict(build_model(tiny_config()).state_dict())
+    del state["query_head.transformer.level_embeds"]
+    del state["neck.convs.0.gn.bias"]
+    state["query_head.typo_branch.weight"] = torch.zeros(3)
+    state["query_head.cls_branches.0.weight"] = torch.zeros(7, 32)
+    message = _errors_for(state)
+    assert "4 problem(s)" in message
+    assert "missing key query_head.transformer.level_embeds" in message
+    assert "missing key neck.convs.0.gn.bias" in message
+    assert "unexpected key query_head.typo_branch.weight" in message
+    assert "shape mismatch query_head.cls_branches.0.weight: checkpoint (7, 32) vs model (5, 32)" in message
+
+
+def test_wrong_relative_position_index_is_rejected():
+    config = tiny_swin_config()
+    state = official_state_dict(config, "mmdet3")
+    state["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"] = torch.zeros(16, 16, dtype=torch.int64)
+    with pytest.raises(CheckpointError, match="relative_position_index: stored window index differs"):
+        load_state_dict(build_model(config), state)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/codetr_checkpoint_exploit_marker"),))
+
+
+def test_unsafe_and_corrupt_files_are_rejected(tmp_path):
+    marker = Path("/tmp/codetr_checkpoint_exploit_marker")
+    marker.unlink(missing_ok=True)
+    exploit = tmp_path / "exploit.pth"
+    with exploit.open("wb") as file:
+        pickle.dump({"state_dict": {"x": _Exploit()}}, file)
+    with pytest.raises(CheckpointError, match="refused to unpickle|not a readable"):
+        load_checkpoint(build_model(tiny_config()), exploit)
+    assert not marker.exists()
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(build_model(tiny_config()), garbage)
+
+    good = tmp_path / "good.pth"
+    save_checkpoint(build_model(tiny_config()), good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        load_checkpoint(build_model(tiny_config()), truncated)
+
+    not_a_dict = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], not_a_dict)
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        load_checkpoint(build_model(tiny_config()), not_a_dict)
+
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(build_model(tiny_config()), tmp_path / "absent.pth")
+
+
+def test_other_models_checkpoint_is_rejected(tmp_path):
+    path = tmp_path / "swin.pth"
+    save_checkpoint(build_model(tiny_swin_config()), path)
+    with pytest.raises(CheckpointError, match="problem"):
+        load_checkpoint(build_model(tiny_config()), path)

@@ -1,0 +1,243 @@
+"""Co-DINO model (tiny configs, CPU): contract, independent references, precision, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codetr.models import Detections, build_model, select_detections
+from codetr.models.positional_encoding import sine_box_encoding, sine_mask_encoding
+from codetr.models.swin import ShiftWindowMSA, WindowMSA
+from codetr.models.transformer import flatten_levels
+from codetr.ops import set_msda_implementation
+from model_configs import tiny_config, tiny_swin_config
+
+
+def sample_inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, 3, 64, 96, generator=generator) * 255
+    sizes = torch.tensor([[64, 96], [50, 70], [64, 60]][:batch])
+    return images, sizes
+
+
+@pytest.mark.parametrize("make_config", [tiny_config, tiny_swin_config], ids=["resnet", "swin"])
+def test_end_to_end_shapes_dtypes_and_ranges(make_config):
+    config = make_config()
+    model = build_model(config)
+    images, sizes = sample_inputs()
+    with torch.no_grad():
+        detections = model(images, sizes)
+    assert isinstance(detections, Detections)
+    k = config.model.max_per_img
+    assert detections.boxes.shape == (2, k, 4) and detections.boxes.dtype == torch.float32
+    assert detections.scores.shape == (2, k) and detections.scores.dtype == torch.float32
+    assert detections.labels.shape == (2, k) and detections.labels.dtype == torch.int64
+    assert torch.all(detections.scores[:, :-1] >= detections.scores[:, 1:])
+    assert torch.all((detections.scores >= 0) & (detections.scores <= 1))
+    assert torch.all((detections.labels >= 0) & (detections.labels < config.model.num_classes))
+    boxes = detections.boxes
+    assert torch.all(boxes[..., 2:] >= boxes[..., :2])
+    # boxes lie inside each image's valid (h, w) region
+    assert torch.all(boxes[..., 0::2] <= sizes[:, None, 1:2]) and torch.all(boxes[..., 1::2] <= sizes[:, None, 0:1])
+
+
+def test_outputs_are_deterministic():
+    images, sizes = sample_inputs()
+    first, second = build_model(tiny_config()), build_model(tiny_config())
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        out_a, out_b, out_again = first(images, sizes), second(images, sizes), first(images, sizes)
+    for a, b, c in zip(out_a, out_b, out_again):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    other_seed = build_model(tiny_config(), seed=1)
+    assert not torch.equal(other_seed.query_head.cls_branches[0].weight, first.query_head.cls_branches[0].weight)
+
+
+@pytest.mark.parametrize("make_config", [tiny_config, tiny_swin_config], ids=["resnet", "swin"])
+def test_msda_op_path_matches_reference_path(make_config):
+    if not hasattr(torch.ops.codetr, "msda"):
+        pytest.skip("torch.ops.codetr.msda is not built (codetr._C missing)")
+    model = build_model(make_config())
+    images, sizes = sample_inputs()
+    with torch.no_grad():
+        set_msda_implementation(model, use_reference=False)
+        op = model(images, sizes)
+        set_msda_implementation(model, use_reference=True)
+        reference = model(images, sizes)
+    torch.testing.assert_close(op.scores, reference.scores, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(op.boxes, reference.boxes, atol=1e-3, rtol=1e-5)
+    assert torch.equal(op.labels, reference.labels)
+
+
+def test_reduced_precision_runs_with_float32_outputs():
+    images, sizes = sample_inputs()
+    model = build_model(tiny_config())
+    with torch.no_grad():
+        full = model(images, sizes)
+        half = model.to(torch.bfloat16)(images, sizes)
+    assert half.boxes.dtype == torch.float32 and half.scores.dtype == torch.float32 and half.labels.dtype == torch.int64
+    assert torch.isfinite(half.boxes).all() and torch.isfinite(half.scores).all()
+    # bf16 keeps ~3 significant digits: the best score moves a little, not arbitrarily
+    assert abs(half.scores[:, 0] - full.scores[:, 0]).max() < 0.05
+
+
+def test_select_detections_matches_brute_force():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 6, 3, generator=generator)
+    boxes = torch.rand(1, 6, 4, generator=generator) * 0.5 + 0.2
+    sizes = torch.tensor([[40, 80]])
+    result = select_detections(logits, boxes, sizes, max_per_img=5)
+    ranked = sorted(
+        ((1 / (1 + math.exp(-logits[0, q, c].item())), q, c) for q in range(6) for c in range(3)), reverse=True
+    )[:5]
+    for k, (score, query, label) in enumerate(ranked):
+        cx, cy, w, h = boxes[0, query].tolist()
+        expected = [max(0.0, (cx - w / 2) * 80), max(0.0, (cy - h / 2) * 40), min(80.0, (cx + w / 2) * 80), min(40.0, (cy + h / 2) * 40)]
+        assert result.scores[0, k].item() == pytest.approx(score, rel=1e-6)
+        assert result.labels[0, k].item() == label
+        assert result.boxes[0, k].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_sine_mask_encoding_hand_computed():
+    # num_feats=2: frequencies are temperature^0 = 1, so channels are [sin y, cos y, sin x, cos x]
+    # with y = (row + 1) / H * 2pi over valid pixels.
+    mask = torch.zeros(1, 2, 4, dtype=torch.bool)
+    mask[0, :, 2:] = True  # only 2 valid columns
+    encoding = sine_mask_encoding(mask, num_feats=2, temperature=20.0)
+    assert encoding.shape == (1, 4, 2, 4)
+    row0 = encoding[0, :, 0, 0].tolist()  # y = pi, x = pi
+    assert row0 == pytest.approx([0.0, -1.0, 0.0, -1.0], abs=1e-5)
+    row1_col1 = encoding[0, :, 1, 1].tolist()  # y = 2pi, x = 2pi
+    assert row1_col1 == pytest.approx([0.0, 1.0, 0.0, 1.0], abs=1e-5)
+
+
+def test_sine_box_encoding_order_is_y_x_w_h():
+    boxes = torch.tensor([[[0.25, 0.5, 0.125, 0.75]]])
+    encoding = sine_box_encoding(boxes, num_feats=2)  # frequencies 1, 1
+    expected = []
+    for value in (0.5, 0.25, 0.125, 0.75):
+        expected += [math.sin(value * 2 * math.pi), math.cos(value * 2 * math.pi)]
+    assert encoding[0, 0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_encoder_proposals_hand_computed():
+    model = build_model(tiny_config())
+    transformer = model.query_head.transformer
+    features = [torch.zeros(1, 32, 4, 4), torch.zeros(1, 32, 2, 2)]
+    masks = [torch.zeros(1, 4, 4, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool)]
+    masks[0][0, :, 2:] = True  # right half of level 0 is padding
+    levels = flatten_levels(features, masks)
+    assert levels.spatial_shapes.tolist() == [[4, 4], [2, 2]] and levels.level_start_index.tolist() == [0, 16]
+    assert levels.valid_ratios[0].tolist() == [[0.5, 1.0], [1.0, 1.0]]
+    _, proposals = transformer.encoder_proposals(torch.zeros(1, 20, 32), levels)
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    # level 0, pixel (row 1, col 0): centre ((0.5) / 2 valid columns, 1.5 / 4 rows), size 0.05
+    assert proposals[0, 4].tolist() == pytest.approx([logit(0.25), logit(0.375), logit(0.05), logit(0.05)], rel=1e-5)
+    assert torch.isinf(proposals[0, 2]).all()  # padded token
+    # level 1, pixel (0, 1): centre (0.75, 0.25), size 0.1
+    assert proposals[0, 17].tolist() == pytest.approx([logit(0.75), logit(0.25), logit(0.1), logit(0.1)], rel=1e-5)
+
+
+def test_window_attention_matches_naive_relative_bias_attention():
+    torch.manual_seed(0)
+    window, heads, dims = 3, 2, 8
+    attention = WindowMSA(dims, heads, window)
+    torch.nn.init.normal_(attention.relative_position_bias_table)
+    tokens = torch.randn(1, window * window, dims)
+    result = attention(tokens, None)
+    # naive: bias for the pair (i, j) sits at table row (dy + w - 1) * (2w - 1) + (dx + w - 1)
+    q, k, v = attention.qkv(tokens).view(window * window, 3, heads, dims // heads).unbind(1)
+    positions = [(r, c) for r in range(window) for c in range(window)]
+    outputs = []
+    for head in range(heads):
+        logits = torch.empty(window * window, window * window)
+        for i, (ri, ci) in enumerate(positions):
+            for j, (rj, cj) in enumerate(positions):
+                row = (ri - rj + window - 1) * (2 * window - 1) + (ci - cj + window - 1)
+                logits[i, j] = q[i, head] @ k[j, head] / math.sqrt(dims // heads) + attention.relative_position_bias_table[row, head]
+        outputs.append(logits.softmax(-1) @ v[:, head])
+    expected = attention.proj(torch.cat(outputs, -1))
+    torch.testing.assert_close(result[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_shifted_windows_keep_attention_inside_contiguous_regions():
+    # With shift s the roll joins image regions that are not neighbours; tokens must only see
+    # tokens of their own region. A one-hot value at one pixel must not leak across the seam.
+    torch.manual_seed(0)
+    attention = ShiftWindowMSA(embed_dims=4, num_heads=1, window=4, shift=2)
+    with torch.no_grad():
+        attention.w_msa.qkv.weight.zero_()
+        attention.w_msa.qkv.bias.zero_()
+        attention.w_msa.qkv.weight[8:].copy_(torch.eye(4))  # value = input, uniform attention
+        attention.w_msa.proj.weight.copy_(torch.eye(4))
+        attention.w_msa.proj.bias.zero_()
+    x = torch.zeros(1, 8, 8, 4)
+    x[0, 0, 0, 0] = 1.0  # top-left pixel; after the roll it shares a window with the bottom-right corner
+    with torch.no_grad():
+        out = attention(x)[0, :, :, 0]
+    # other side of the seam: only the exp(-100) residue of the official mask value
+    assert out[7, 7].abs() < 1e-30 and out[6, 6].abs() < 1e-30
+    assert out[0, 0] == pytest.approx(0.25) and out[1, 1] == pytest.approx(0.25)  # same 2x2 region
+
+
+@pytest.mark.parametrize(
+    "make_config", [tiny_config, pytest.param(tiny_swin_config, marks=pytest.mark.slow)], ids=["resnet", "swin"]
+)
+def test_torch_export_with_dynamic_height_and_width(make_config):
+    # The example's stage sizes divide the Swin window; the check input's do not, so a graph
+    # specialised to "no padding needed" would fail here.
+    model = build_model(make_config())
+    images = torch.rand(2, 3, 128, 192) * 255
+    sizes = torch.tensor([[128, 192], [100, 150]])
+    height, width = torch.export.Dim("height", min=2, max=64), torch.export.Dim("width", min=2, max=64)
+    exported = torch.export.export(
+        model, (images, sizes), dynamic_shapes={"images": {2: 32 * height, 3: 32 * width}, "image_sizes": None}
+    )
+    other_images = torch.rand(2, 3, 96, 160) * 255
+    other_sizes = torch.tensor([[90, 128], [96, 160]])
+    with torch.no_grad():
+        eager = model(other_images, other_sizes)
+    traced = exported.module()(other_images, other_sizes)
+    for a, b in zip(eager, traced):
+        torch.testing.assert_close(a, b)
+
+
+def test_mismatched_neck_channels_rejected():
+    config = tiny_config()
+    bad = dataclasses.replace(config, model=dataclasses.replace(config.model, neck=dataclasses.replace(config.model.neck, in_channels=(1, 2, 3))))
+    with pytest.raises(ValueError, match="neck.in_channels"):
+        build_model(bad)
+
+
+def test_nearest_level_masks_follow_mmdet_interpolation():
+    # mmdet builds level masks with F.interpolate(nearest) of the pixel mask; 50 valid rows of 64
+    # at 1/8 scale -> rows 0..6 valid (floor(i * 8) < 50 for i <= 6).
+    from codetr.models.head import padding_masks
+
+    (mask,) = padding_masks(torch.tensor([[50, 96]]), 64, 96, [(8, 12)])
+    assert (~mask[0, :, 0]).sum().item() == 7
+    reference = F.interpolate((torch.arange(64)[:, None] >= 50).float().expand(64, 96)[None, None], size=(8, 12))[0, 0].bool()
+    assert torch.equal(mask[0], reference)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("make_config", [tiny_config, tiny_swin_config], ids=["resnet", "swin"])
+def test_cuda_reduced_precision_tracks_float32(make_config, dtype):
+    model = build_model(make_config()).cuda()
+    images, sizes = (tensor.cuda() for tensor in sample_inputs())
+    with torch.no_grad():
+        full = model(images, sizes)
+        reduced = model.to(dtype)(images, sizes)
+    assert reduced.boxes.dtype == torch.float32 and reduced.scores.dtype == torch.float32
+    assert torch.isfinite(reduced.boxes).all() and torch.isfinite(reduced.scores).all()
+    tolerance = 0.01 if dtype == torch.float16 else 0.05
+    assert (reduced.scores[:, 0] - full.scores[:, 0]).abs().max() < tolerance
