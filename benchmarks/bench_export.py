@@ -26,8 +26,8 @@ from codetr.export import Artifact, DimRange, ExportOptions, MsdaMode, export_mo
 from codetr.export.cli import DEFAULT_CONFIG
 from codetr.export.options import DTYPES
 from codetr.export.program import example_inputs
-from codetr.export.tensorrt_engine import tensorrt_available
 from codetr.models import build_model
+from codetr.ops import set_msda_implementation
 from codetr.runtime import load_runtime
 
 
@@ -42,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dynamic-width", default="512:1344", help="MIN:MAX of the dynamic export")
     parser.add_argument("--modes", default="static,dynamic", help="comma-separated: static, dynamic")
     parser.add_argument("--msda", choices=[mode.value for mode in MsdaMode], default="plugin")
+    parser.add_argument("--artifacts", default="exported_program,onnx",
+                        help="comma-separated artifacts to export (engine: needs TensorRT)")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--skip-latency", action="store_true")
     return parser.parse_args()
@@ -49,9 +51,7 @@ def parse_args() -> argparse.Namespace:
 
 def export_rows(args: argparse.Namespace, config, mode: str) -> list[dict[str, object]]:
     dynamic = mode == "dynamic"
-    artifacts = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX)
-    if tensorrt_available() and MsdaMode(args.msda) is MsdaMode.DECOMPOSED:
-        artifacts += (Artifact.ENGINE,)
+    artifacts = tuple(Artifact(name) for name in args.artifacts.split(","))
     options = ExportOptions(
         dtype=DTYPES[args.dtype],
         height=args.height,
@@ -94,10 +94,7 @@ def latency_rows(args: argparse.Namespace, config) -> list[dict[str, object]]:
     options = ExportOptions(dtype=DTYPES[args.dtype], height=args.height, width=args.width, device=torch.device("cuda"))
     inputs = example_inputs(options)
     model = build_model(config).to("cuda", options.dtype)
-    set_reference = MsdaMode(args.msda) is MsdaMode.DECOMPOSED
-    from codetr.ops import set_msda_implementation
-
-    set_msda_implementation(model, use_reference=set_reference)
+    set_msda_implementation(model, use_reference=MsdaMode(args.msda) is MsdaMode.DECOMPOSED)
     candidates = {"eager": lambda images, sizes: model(images, sizes)}
     for mode in args.modes.split(","):
         program = args.output / mode / "model.pt2"
@@ -116,6 +113,7 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("codetr").setLevel(logging.INFO)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)  # one warning per constant it does not fold
     config = load_config(args.config)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"# export benchmark: {config.name}, {args.dtype}, {args.height}x{args.width}, msda {args.msda}, "

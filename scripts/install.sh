@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs codetr with its test dependencies and builds the C++/CUDA extension (codetr._C)
 # against the torch installed first: the extension must link the torch it runs with, so the
-# build uses no isolated environment.
+# build uses no isolated environment. With TensorRT headers (TensorRT_INCLUDE_DIR or
+# TENSORRT_ROOT) the build also makes the TensorRT plugin library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install "torch>=2.11" "torchvision>=0.26" ninja "setuptools>=69" wheel
 python3 -m pip install --no-build-isolation -e ".[test]"
+
+# torch-tensorrt-rtx is released per torch version and pins an older tensorrt-rtx than the
+# builder above, so it comes without its dependencies (torch, dllist, psutil are installed).
+torch_version=$(python3 -c "import torch; print(torch.__version__.split('+')[0])")
+python3 -m pip install --no-deps "torch-tensorrt-rtx==${torch_version}" ||
+  echo "codetr: no torch-tensorrt-rtx for torch ${torch_version}; its tests will skip"

@@ -70,5 +70,6 @@ def test_a_graph_without_msda_is_rejected() -> None:
 def test_checker_validates_the_plugin_node_attributes() -> None:
     model = one_msda_graph(TensorProto.FLOAT, TensorProto.FLOAT)
     del model.graph.node[0].attribute[:]
-    with pytest.raises(onnx.checker.ValidationError, match="Required attribute 'plugin_(version|namespace)' is missing"):
+    missing = "Required attribute 'plugin_(version|namespace)' is missing"
+    with pytest.raises(onnx.checker.ValidationError, match=missing):
         onnx.checker.check_model(model, full_check=True)

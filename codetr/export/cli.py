@@ -19,7 +19,9 @@ from codetr.export.pipeline import export_model, prepare_output_dir
 from codetr.export.program import largest_feature_stride
 from codetr.export.stages import ExportError
 from codetr.export.tensorrt_engine import tensorrt_available
+from codetr.export.torch_tensorrt_program import torch_tensorrt_unavailable_reason
 from codetr.models import build_model
+from codetr.tensorrt.torch_tensorrt import CompileMode
 
 logger = logging.getLogger("codetr.export")
 
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--msda", choices=[mode.value for mode in MsdaMode], default=MsdaMode.PLUGIN.value,
                         help="plugin: one codetr::CodetrMSDA node (our TensorRT plugin); nvidia: NVIDIA's "
                         "MultiscaleDeformableAttnPlugin_TRT; decomposed: standard ONNX ops (GridSample)")
+    parser.add_argument("--torch-tensorrt", choices=[mode.value for mode in CompileMode],
+                        help="also compile the ExportedProgram with Torch-TensorRT (needs torch-tensorrt and "
+                        "a CUDA GPU): hybrid keeps MSDA in PyTorch between TensorRT segments; full maps it to "
+                        "our plugin (one engine). Default: off")
     parser.add_argument("--plugin-library", type=Path,
                         help="libcodetr_msda_trt.so for the engine build (default: the package's copy)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -115,8 +121,22 @@ def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None) -> s
     return None
 
 
+def _torch_tensorrt_mode(text: str | None, device: torch.device) -> CompileMode | None:
+    """The requested Torch-TensorRT mode; like an explicitly requested engine, it is an error
+    (before any work) when it cannot be produced here."""
+    if text is None:
+        return None
+    reason = torch_tensorrt_unavailable_reason()
+    if reason:
+        raise ValueError(f"--torch-tensorrt {text}: {reason}")
+    if device.type != "cuda":
+        raise ValueError(f"--torch-tensorrt {text}: Torch-TensorRT compiles on a CUDA GPU; use --device cuda")
+    return CompileMode(text)
+
+
 def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions:
     msda = MsdaMode(args.msda)
+    device = torch.device(args.device)
     return ExportOptions(
         dtype=DTYPES[args.dtype],
         height=_default_size(config, args.height, 0, "height"),
@@ -127,10 +147,11 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
         artifacts=_artifacts(args.artifacts, msda, args.plugin_library),
         msda=msda,
         optimization_level=args.optimization_level,
-        device=torch.device(args.device),
+        device=device,
         opset=args.opset,
         plugin_library=args.plugin_library,
         timing_cache=args.timing_cache,
+        torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt, device),
     )
 
 
@@ -208,4 +229,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for record in result.stages.records:
         written = f"  {record.path.name} {record.bytes / 1e6:.1f} MB" if record.path else ""
         print(f"  {record.name:<24} {record.seconds:7.1f} s{written}")
+    if result.partition is not None:
+        print(f"Torch-TensorRT {options.torch_tensorrt.value}: {result.partition}")
     return 0

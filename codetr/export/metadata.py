@@ -16,6 +16,7 @@ from codetr.config import Config
 from codetr.export.options import ExportOptions
 from codetr.export.program import INPUT_NAMES, OUTPUT_NAMES
 from codetr.export.stages import atomic_path
+from codetr.tensorrt.torch_tensorrt import Partition
 
 METADATA_FORMAT = "codetr-export/1"
 
@@ -90,8 +91,9 @@ def build_metadata(
     stages: list[dict[str, object]],
     checkpoint: Path | None,
     versions: dict[str, str],
+    partition: Partition | None = None,
 ) -> dict[str, object]:
-    """The metadata document (plain JSON values)."""
+    """The metadata document (plain JSON values); ``partition`` is the Torch-TensorRT compile's."""
     return {
         "format": METADATA_FORMAT,
         "model": {
@@ -114,6 +116,12 @@ def build_metadata(
         "precision": {"dtype": _dtype_name(options.dtype), "float32_parts": PRECISION_NOTE},
         "msda": options.msda.value,
         "options": options.to_json(),
+        "torch_tensorrt": None if partition is None else {
+            "mode": options.torch_tensorrt.value,
+            "tensorrt_segments": partition.tensorrt_segments,
+            "pytorch_segments": partition.pytorch_segments,
+            "pytorch_ops": list(partition.pytorch_ops),
+        },
         "files": files,
         "stages": stages,
         "versions": versions,

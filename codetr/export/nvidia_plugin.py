@@ -1,23 +1,18 @@
 """Rewrite ``codetr::CodetrMSDA`` nodes into NVIDIA's stock ``MultiscaleDeformableAttnPlugin_TRT``.
 
-The stock plugin (TensorRT OSS ``plugin/multiscaleDeformableAttnPlugin``, version "2",
-IPluginV3, in libnvinfer_plugin) lets the ONNX build on any TensorRT 10.x/11.x without our
-plugin library, e.g. with trtexec, Triton or DeepStream. Its contract differs from ours:
-
-- spatial_shapes [L, 2] and level_start_index [L] are int32 (ours: int64);
-- value, sampling_locations and attention_weights share one dtype, float32 or float16
-  (ours allows float32 locations/weights with half values);
-- the output is [N, Lq, M, D] (ours: [N, Lq, M*D]);
-- no plugin fields; namespace "".
-
-So each node becomes Cast(int32) x2, Cast(value dtype) x2 where needed, the plugin node and a
-Reshape to [N, Lq, M*D].
+The stock plugin (libnvinfer_plugin) lets the ONNX build on any TensorRT 10.x/11.x without our
+plugin library, e.g. with trtexec, Triton or DeepStream. Its contract (see
+:mod:`codetr.export.plugin_contract`) wants int32 shapes and start indices, locations and
+weights in value's dtype (float32 or float16 only) and returns [N, Lq, M, D]; so each node
+becomes Cast(int32) x2, Cast(value dtype) x2 where needed, the plugin node and a Reshape to
+[N, Lq, M*D]. In a float16 export the float32 sampling locations are thereby rounded to
+float16 (~1e-3 relative: a fraction of a pixel on the finest level).
 """
 
 from __future__ import annotations
 
-import onnx
 import numpy as np
+import onnx
 from onnx import helper, numpy_helper
 
 from codetr.export.plugin_contract import (

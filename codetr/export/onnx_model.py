@@ -5,16 +5,16 @@ The plugin node forms are specified in :mod:`codetr.export.plugin_contract`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import onnx
-import onnxscript
 import torch
 from torch.export import ExportedProgram
 
 from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
-from codetr.export.options import ExportOptions, MsdaMode
 from codetr.export import plugin_contract as contract
+from codetr.export.options import ExportOptions, MsdaMode
 from codetr.export.program import INPUT_NAMES, OUTPUT_NAMES
 from codetr.export.stages import atomic_path
 
@@ -22,15 +22,23 @@ from codetr.export.stages import atomic_path
 # writes 14 by default. Nothing here needs a newer IR than 10 (opset 18-21 era).
 IR_VERSION = 10
 
-_CODETR_OPSET = onnxscript.values.Opset(contract.CODETR_DOMAIN, contract.CODETR_DOMAIN_VERSION)
+@functools.cache
+def _codetr_opset():
+    # Imported here: onnxscript is needed only to write ONNX, not to import codetr.export.
+    import onnxscript
+
+    contract.register_codetr_msda_schema()
+    return onnxscript.values.Opset(contract.CODETR_DOMAIN, contract.CODETR_DOMAIN_VERSION)
 
 
 def _msda_plugin_node(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                       im2col_step: int = 64):
     """Translation of ``torch.ops.codetr.msda`` into the one plugin node of the contract."""
-    return _CODETR_OPSET.CodetrMSDA(
+    return _codetr_opset().CodetrMSDA(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        im2col_step=im2col_step, plugin_version=contract.CODETR_PLUGIN_VERSION, plugin_namespace=contract.CODETR_PLUGIN_NAMESPACE,
+        im2col_step=im2col_step,
+        plugin_version=contract.CODETR_PLUGIN_VERSION,
+        plugin_namespace=contract.CODETR_PLUGIN_NAMESPACE,
     )
 
 
@@ -39,7 +47,6 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
 
     Dynamic image sides become the symbolic dimensions ``height`` and ``width`` of ``images``.
     """
-    contract.register_codetr_msda_schema()
     translations = {} if options.msda is MsdaMode.DECOMPOSED else {torch.ops.codetr.msda.default: _msda_plugin_node}
     onnx_program = torch.onnx.export(
         program,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from codetr.tensorrt.torch_tensorrt import CompileMode
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -61,6 +63,7 @@ class ExportOptions:
 
     ``height``/``width`` are the traced input size: the only size of a static export and the
     optimisation ("opt") size of a dynamic one, whose extent is ``dynamic_height``/``dynamic_width``.
+    ``torch_tensorrt`` (None: off) also compiles the ExportedProgram with Torch-TensorRT in that mode.
     """
 
     dtype: torch.dtype = torch.float16
@@ -76,6 +79,7 @@ class ExportOptions:
     opset: int = 18
     plugin_library: Path | None = None
     timing_cache: Path | None = None
+    torch_tensorrt: CompileMode | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES.values():
@@ -93,6 +97,18 @@ class ExportOptions:
                 "msda 'nvidia': MultiscaleDeformableAttnPlugin_TRT supports float32 and float16 only, "
                 "not bfloat16"
             )
+        if self.torch_tensorrt is not None:
+            if not isinstance(self.torch_tensorrt, CompileMode):
+                raise ValueError(
+                    "torch_tensorrt must be None or a CompileMode ("
+                    + ", ".join(mode.value for mode in CompileMode) + f"), got {self.torch_tensorrt!r}"
+                )
+            if self.msda is MsdaMode.DECOMPOSED:
+                raise ValueError(
+                    f"torch_tensorrt {self.torch_tensorrt.value}: compiles the torch.ops.codetr.msda op "
+                    "(hybrid keeps it in PyTorch, full maps it to the plugin); msda 'decomposed' has none, "
+                    "use msda 'plugin'"
+                )
         if self.opset < 16:
             raise ValueError(f"opset must be >= 16 (GridSample), got {self.opset}")
         for name, size, extent in (
@@ -162,4 +178,5 @@ class ExportOptions:
             "device": str(self.device),
             "opset": self.opset,
             "plugin_library": str(self.plugin_library) if self.plugin_library else None,
+            "torch_tensorrt": self.torch_tensorrt.value if self.torch_tensorrt else None,
         }

@@ -1,4 +1,4 @@
-"""The export run: validate, torch.export, save .pt2, ONNX, TensorRT engine, metadata.
+"""The export run: validate, torch.export, save .pt2, ONNX, TensorRT engine, Torch-TensorRT, metadata.
 
 Every stage is timed and logged; a failing stage raises :class:`ExportError` naming it and
 leaves no partial file (each file is written to a temporary name and moved into place).
@@ -20,6 +20,8 @@ from codetr.export.options import Artifact, DimRange, ExportOptions
 from codetr.export.program import export_program, largest_feature_stride, prepare_model
 from codetr.export.stages import StageLog, atomic_path
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
+from codetr.export.torch_tensorrt_program import compile_and_save
+from codetr.tensorrt.torch_tensorrt import Partition
 
 logger = logging.getLogger("codetr.export")
 
@@ -28,17 +30,21 @@ FILE_NAMES = {
     Artifact.ONNX: "model.onnx",
     Artifact.ENGINE: "model.engine",
 }
+TORCH_TENSORRT_NAME = "model_torch_tensorrt.pt2"
 METADATA_NAME = "metadata.json"
 
 
 @dataclasses.dataclass
 class ExportResult:
-    """Where the files went and how long each stage took."""
+    """Where the files went and how long each stage took; ``partition`` is the Torch-TensorRT
+    compile's split (None without ``options.torch_tensorrt``), saved as ``compiled_program``."""
 
     output_dir: Path
     files: dict[Artifact, Path]
     metadata: Path
     stages: StageLog
+    compiled_program: Path | None = None
+    partition: Partition | None = None
 
 
 def prepare_output_dir(output_dir: Path) -> Path:
@@ -119,17 +125,28 @@ def export_model(
             record.path = files[Artifact.ENGINE] = path
             versions[build.backend] = build.version
 
+    compiled_program, partition = None, None
+    if options.torch_tensorrt is not None:
+        with stages.stage(f"torch-tensorrt {options.torch_tensorrt.value}") as record:
+            path = output_dir / TORCH_TENSORRT_NAME
+            partition = compile_and_save(program, options, path, engine_profiles(options).get("images"))
+            record.path = compiled_program = path
+
     metadata_path = output_dir / METADATA_NAME
     with stages.stage("metadata") as record:
         record.path = metadata_path
+        file_names = {artifact.value: path.name for artifact, path in files.items()}
+        if compiled_program is not None:
+            file_names["torch_tensorrt"] = compiled_program.name
         metadata = build_metadata(
             config,
             options,
             program,
-            files={artifact.value: path.name for artifact, path in files.items()},
+            files=file_names,
             stages=stages.to_json(),
             checkpoint=checkpoint,
             versions=versions,
+            partition=partition,
         )
         write_metadata(metadata, metadata_path)
-    return ExportResult(output_dir, files, metadata_path, stages)
+    return ExportResult(output_dir, files, metadata_path, stages, compiled_program, partition)

@@ -35,18 +35,15 @@ def prepare_model(model: torch.nn.Module, options: ExportOptions) -> torch.nn.Mo
     return model
 
 
-def example_inputs(options: ExportOptions, height: int | None = None, width: int | None = None,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic model inputs at the traced size (or ``height``/``width``).
+def example_inputs(options: ExportOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic model inputs at the traced size.
 
     images [B, 3, H, W] float32 RGB 0-255 whatever the export dtype (the model normalises in
     float32, then casts to its parameters' dtype); image_sizes [B, 2] int64 (h, w), the full canvas.
     """
-    height = height or options.height
-    width = width or options.width
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (options.batch_size, 3, height, width), generator=generator)
-    image_sizes = torch.tensor([[height, width]] * options.batch_size, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (options.batch_size, 3, options.height, options.width), generator=generator)
+    image_sizes = torch.tensor([[options.height, options.width]] * options.batch_size, dtype=torch.int64)
     return images.to(options.device, torch.float32), image_sizes.to(options.device)
 
 
@@ -78,7 +75,9 @@ class PlainOutputs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return tuple(self.model(images, image_sizes))
 
 

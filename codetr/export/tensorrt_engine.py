@@ -95,7 +95,7 @@ def build_engine(
     config.builder_optimization_level = optimization_level
     # Layer types and names in the engine (and in the VERBOSE build log), for inspection.
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    _add_profile(trt, builder, network, config, profiles or {})
+    _add_profile(builder, network, config, profiles or {})
     if embed_plugin and CODETR_OP_TYPE in op_types:
         config.plugins_to_serialize = [str(register_plugin_library(trt, plugin_library).path)]
     use_timing_cache = timing_cache is not None and not is_tensorrt_rtx(trt)
@@ -105,7 +105,8 @@ def build_engine(
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError("TensorRT could not build the engine: " + "; ".join(build_log.errors() or ["no reason logged"]))
+        reasons = build_log.errors() or ["no reason logged"]
+        raise RuntimeError("TensorRT could not build the engine: " + "; ".join(reasons))
     with atomic_path(engine_path) as temporary:
         temporary.write_bytes(memoryview(serialized))
     if use_timing_cache:
@@ -147,7 +148,7 @@ def _load_nvidia_plugins(trt: ModuleType, build_log) -> None:
         raise RuntimeError("TensorRT could not initialise libnvinfer_plugin")
 
 
-def _add_profile(trt: ModuleType, builder, network, config, profiles: Mapping[str, ShapeProfile]) -> None:
+def _add_profile(builder, network, config, profiles: Mapping[str, ShapeProfile]) -> None:
     dynamic_inputs = {}
     for index in range(network.num_inputs):
         tensor = network.get_input(index)

@@ -233,7 +233,9 @@ class CoDinoTransformer(nn.Module):
             sizes = torch.full_like(centres, 0.05 * 2.0**level)
             proposals.append(torch.cat([centres, sizes], -1))
         proposals = torch.cat(proposals, 1)
-        keep = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+        # min/max instead of .all(): Torch-TensorRT has no converter for aten.all, which would
+        # leave a PyTorch segment in an otherwise single-engine graph.
+        keep = (proposals.amin(-1, keepdim=True) > 0.01) & (proposals.amax(-1, keepdim=True) < 0.99)
         proposals = torch.log(proposals / (1 - proposals))
         invalid = mask[..., None] | ~keep
         proposals = proposals.masked_fill(invalid, float("inf"))

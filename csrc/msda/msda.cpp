@@ -3,6 +3,9 @@
 // torchvision::deform_attn, so the ops are interchangeable.
 #include "msda.h"
 
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 namespace codetr::msda {
@@ -45,8 +48,6 @@ void check_level_layout(const at::Tensor& spatial_shapes, const at::Tensor& leve
   TORCH_CHECK(expected_start == num_values, "msda: spatial_shapes give sum(H*W) = ",
               expected_start, " but value has S = ", num_values, " rows (value.shape[1])");
 }
-
-}  // namespace
 
 Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
@@ -115,16 +116,50 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   return sizes;
 }
 
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const Sizes& sizes) {
+}  // namespace
+
+Inputs checked_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                      const at::Tensor& attention_weights, int64_t im2col_step) {
+  const Sizes sizes = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                                   attention_weights, im2col_step);
+  return Inputs{sizes,
+                value.contiguous(),
+                spatial_shapes.contiguous(),
+                level_start_index.contiguous(),
+                sampling_locations.contiguous(),
+                attention_weights.contiguous()};
+}
+
+at::Tensor Inputs::empty_output() const {
+  return at::empty({sizes.batch, sizes.num_queries, sizes.num_heads * sizes.channels},
+                   value.options());
+}
+
+at::Tensor checked_grad_output(const at::Tensor& grad_output, const Inputs& inputs) {
+  const Sizes& sizes = inputs.sizes;
   const std::vector<int64_t> expected{sizes.batch, sizes.num_queries,
                                       sizes.num_heads * sizes.channels};
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
               "msda_backward: grad_output must be [B, Q, M*D] = ", shape_of(expected),
               ", got ", shape_of(grad_output.sizes()));
-  TORCH_CHECK(grad_output.scalar_type() == value.scalar_type(),
-              "msda_backward: grad_output must have value's dtype (", value.scalar_type(),
-              "), got ", grad_output.scalar_type());
-  check_same_device(grad_output, "grad_output", value);
+  TORCH_CHECK(grad_output.scalar_type() == inputs.value.scalar_type(),
+              "msda_backward: grad_output must have value's dtype (",
+              inputs.value.scalar_type(), "), got ", grad_output.scalar_type());
+  check_same_device(grad_output, "grad_output", inputs.value);
+  return grad_output.contiguous();
+}
+
+Gradients Gradients::allocate(const Inputs& inputs) {
+  const auto accum_type = at::toOpMathType(inputs.value.scalar_type());
+  return Gradients{
+      at::zeros(inputs.value.sizes(), inputs.value.options().dtype(accum_type)),
+      at::empty(inputs.sampling_locations.sizes(), inputs.sampling_locations.options()),
+      at::empty(inputs.attention_weights.sizes(), inputs.attention_weights.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Gradients::finish(const Inputs& inputs) const {
+  return {value_accum.to(inputs.value.scalar_type()), sampling_locations, attention_weights};
 }
 
 TORCH_LIBRARY(codetr, m) {

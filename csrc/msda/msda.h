@@ -19,15 +19,41 @@ struct Sizes {
   int64_t num_points;   // P
 };
 
-// Checks ranks, sizes, dtypes and devices of the op's inputs and names the offending argument in
-// the error. For CPU inputs it also checks spatial_shapes and level_start_index against S; on CUDA
-// that check would cost a host sync per call, so the kernels instead skip any level that does not
-// fit inside S (zeros, never an out-of-bounds read).
-Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                   const at::Tensor& attention_weights, int64_t im2col_step);
+// checked_inputs checks ranks, sizes, dtypes and devices of the op's inputs and names the
+// offending argument in the error. For CPU inputs it also checks spatial_shapes and
+// level_start_index against S; on CUDA that check would cost a host sync per call, so the kernels
+// instead skip any level that does not fit inside S (zeros, never an out-of-bounds read).
+// The op's inputs after check_inputs, made contiguous for the kernels.
+struct Inputs {
+  Sizes sizes;
+  at::Tensor value;
+  at::Tensor spatial_shapes;
+  at::Tensor level_start_index;
+  at::Tensor sampling_locations;
+  at::Tensor attention_weights;
 
-// Also checks that grad_output is [B, Q, M*D] in value's dtype on value's device.
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const Sizes& sizes);
+  // [B, Q, M*D] in value's dtype, uninitialised.
+  at::Tensor empty_output() const;
+};
+
+Inputs checked_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                      const at::Tensor& attention_weights, int64_t im2col_step);
+
+// Checks that grad_output is [B, Q, M*D] in value's dtype on value's device; returns it
+// contiguous.
+at::Tensor checked_grad_output(const at::Tensor& grad_output, const Inputs& inputs);
+
+// The backward's results. The kernels accumulate grad_value in float32 (float64 for float64):
+// half-precision accumulation would lose most of a pixel's many small contributions.
+struct Gradients {
+  at::Tensor value_accum;         // zeroed, value's shape, float32 or float64
+  at::Tensor sampling_locations;  // uninitialised, written fully by the kernels
+  at::Tensor attention_weights;   // uninitialised, written fully by the kernels
+
+  static Gradients allocate(const Inputs& inputs);
+  // (grad value in value's dtype, grad sampling_locations, grad attention_weights)
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const Inputs& inputs) const;
+};
 
 }  // namespace codetr::msda

@@ -6,8 +6,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -136,22 +134,20 @@ at::Tensor msda_forward_cpu(const at::Tensor& value, const at::Tensor& spatial_s
                             const at::Tensor& level_start_index,
                             const at::Tensor& sampling_locations,
                             const at::Tensor& attention_weights, int64_t im2col_step) {
-  const Sizes sz = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights, im2col_step);
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
-  auto output = at::empty({sz.batch, sz.num_queries, sz.num_heads * sz.channels}, value.options());
+  const Inputs in = checked_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                                   attention_weights, im2col_step);
+  auto output = in.empty_output();
   dispatch_types(value.scalar_type(), sampling_locations.scalar_type(),
                  [&](auto value_tag, auto location_tag) {
                    using scalar_t = decltype(value_tag);
                    using loc_t = decltype(location_tag);
                    forward_kernel<scalar_t, loc_t>(
-                       sz, value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
-                       starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<loc_t>(),
-                       weights_c.const_data_ptr<loc_t>(), output.mutable_data_ptr<scalar_t>());
+                       in.sizes, in.value.const_data_ptr<scalar_t>(),
+                       in.spatial_shapes.const_data_ptr<int64_t>(),
+                       in.level_start_index.const_data_ptr<int64_t>(),
+                       in.sampling_locations.const_data_ptr<loc_t>(),
+                       in.attention_weights.const_data_ptr<loc_t>(),
+                       output.mutable_data_ptr<scalar_t>());
                  });
   return output;
 }
@@ -160,33 +156,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights, int64_t im2col_step) {
-  const Sizes sz = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights, im2col_step);
-  check_grad_output(grad_output, value, sz);
-  const auto grad_c = grad_output.contiguous();
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
-  const auto accum_type = at::toOpMathType(value.scalar_type());
-  auto grad_value = at::zeros(value.sizes(), value.options().dtype(accum_type));
-  auto grad_locations = at::empty(sampling_locations.sizes(), sampling_locations.options());
-  auto grad_weights = at::empty(attention_weights.sizes(), attention_weights.options());
+  const Inputs in = checked_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                                   attention_weights, im2col_step);
+  const auto grad = checked_grad_output(grad_output, in);
+  const Gradients grads = Gradients::allocate(in);
   dispatch_types(value.scalar_type(), sampling_locations.scalar_type(),
                  [&](auto value_tag, auto location_tag) {
                    using scalar_t = decltype(value_tag);
                    using loc_t = decltype(location_tag);
                    using acc_t = at::opmath_type<scalar_t>;
                    backward_kernel<scalar_t, loc_t>(
-                       sz, grad_c.const_data_ptr<scalar_t>(), value_c.const_data_ptr<scalar_t>(),
-                       shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>(),
-                       locations_c.const_data_ptr<loc_t>(), weights_c.const_data_ptr<loc_t>(),
-                       grad_value.mutable_data_ptr<acc_t>(),
-                       grad_locations.mutable_data_ptr<loc_t>(),
-                       grad_weights.mutable_data_ptr<loc_t>());
+                       in.sizes, grad.const_data_ptr<scalar_t>(),
+                       in.value.const_data_ptr<scalar_t>(),
+                       in.spatial_shapes.const_data_ptr<int64_t>(),
+                       in.level_start_index.const_data_ptr<int64_t>(),
+                       in.sampling_locations.const_data_ptr<loc_t>(),
+                       in.attention_weights.const_data_ptr<loc_t>(),
+                       grads.value_accum.mutable_data_ptr<acc_t>(),
+                       grads.sampling_locations.mutable_data_ptr<loc_t>(),
+                       grads.attention_weights.mutable_data_ptr<loc_t>());
                  });
-  return {grad_value.to(value.scalar_type()), grad_locations, grad_weights};
+  return grads.finish(in);
 }
 
 }  // namespace

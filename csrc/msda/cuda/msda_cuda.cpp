@@ -2,8 +2,6 @@
 // TensorRT plugin shares (msda_launch.h).
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -41,20 +39,17 @@ at::Tensor msda_forward_cuda(const at::Tensor& value, const at::Tensor& spatial_
                              const at::Tensor& level_start_index,
                              const at::Tensor& sampling_locations,
                              const at::Tensor& attention_weights, int64_t im2col_step) {
-  const Sizes sz = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights, im2col_step);
+  const Inputs in = checked_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                                   attention_weights, im2col_step);
   const c10::cuda::CUDAGuard device_guard(value.device());
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
-  auto output = at::empty({sz.batch, sz.num_queries, sz.num_heads * sz.channels}, value.options());
-  check_launch(launch_forward(to_problem(sz), to_launch_type(value.scalar_type()),
+  auto output = in.empty_output();
+  check_launch(launch_forward(to_problem(in.sizes), to_launch_type(value.scalar_type()),
                               to_launch_type(sampling_locations.scalar_type()),
-                              value_c.const_data_ptr(), shapes_c.const_data_ptr<int64_t>(),
-                              starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr(),
-                              weights_c.const_data_ptr(), output.mutable_data_ptr(),
+                              in.value.const_data_ptr(),
+                              in.spatial_shapes.const_data_ptr<int64_t>(),
+                              in.level_start_index.const_data_ptr<int64_t>(),
+                              in.sampling_locations.const_data_ptr(),
+                              in.attention_weights.const_data_ptr(), output.mutable_data_ptr(),
                               c10::cuda::getCurrentCUDAStream()),
                "msda forward kernel");
   return output;
@@ -64,31 +59,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights, int64_t im2col_step) {
-  const Sizes sz = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights, im2col_step);
-  check_grad_output(grad_output, value, sz);
+  const Inputs in = checked_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                                   attention_weights, im2col_step);
+  const auto grad = checked_grad_output(grad_output, in);
   const c10::cuda::CUDAGuard device_guard(value.device());
-  const auto grad_c = grad_output.contiguous();
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
-  // Half-precision atomics would lose most of the sum: accumulate in float32 (float64), then cast.
-  const auto accum_type = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto grad_value = at::zeros(value.sizes(), value.options().dtype(accum_type));
-  auto grad_locations = at::empty(sampling_locations.sizes(), sampling_locations.options());
-  auto grad_weights = at::empty(attention_weights.sizes(), attention_weights.options());
+  const Gradients grads = Gradients::allocate(in);
   check_launch(
-      launch_backward(to_problem(sz), to_launch_type(value.scalar_type()),
-                      to_launch_type(sampling_locations.scalar_type()), value_c.const_data_ptr(),
-                      shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>(),
-                      locations_c.const_data_ptr(), weights_c.const_data_ptr(),
-                      grad_c.const_data_ptr(), grad_value.mutable_data_ptr(),
-                      grad_locations.mutable_data_ptr(), grad_weights.mutable_data_ptr(),
+      launch_backward(to_problem(in.sizes), to_launch_type(value.scalar_type()),
+                      to_launch_type(sampling_locations.scalar_type()), in.value.const_data_ptr(),
+                      in.spatial_shapes.const_data_ptr<int64_t>(),
+                      in.level_start_index.const_data_ptr<int64_t>(),
+                      in.sampling_locations.const_data_ptr(),
+                      in.attention_weights.const_data_ptr(), grad.const_data_ptr(),
+                      grads.value_accum.mutable_data_ptr(),
+                      grads.sampling_locations.mutable_data_ptr(),
+                      grads.attention_weights.mutable_data_ptr(),
                       c10::cuda::getCurrentCUDAStream()),
       "msda backward kernel");
-  return {grad_value.to(value.scalar_type()), grad_locations, grad_weights};
+  return grads.finish(in);
 }
 
 }  // namespace

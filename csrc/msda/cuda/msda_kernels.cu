@@ -159,6 +159,61 @@ __device__ __forceinline__ A lane_sum(A x, int first_offset, int last_offset) {
   return x;
 }
 
+// What a thread works on: a row, and its place among the row's G x K lanes.
+struct Lane {
+  bool active;           // false past the end: such lanes only take part in the shuffles
+  int channel_lane;      // 0 .. G-1
+  int split;             // 0 .. K-1
+  Row row;
+  int64_t value_offset;  // element of value at (row's batch, pixel 0, row's head, channel 0)
+  int64_t first_point;   // index of the row's first point in locations and weights
+};
+
+__device__ __forceinline__ Lane locate_lane(const Problem& pb, const Layout& layout) {
+  const int lanes = layout.group * layout.splits;
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  Lane lane;
+  // Whole rows are active or not, so a shuffle group is never half past the end.
+  lane.active = thread < layout.total_threads;
+  const int lane_in_row = static_cast<int>(thread % lanes);
+  lane.channel_lane = lane_in_row % layout.group;
+  lane.split = lane_in_row / layout.group;
+  lane.row = locate_row(pb, lane.active ? thread / lanes : 0);
+  lane.value_offset = (lane.row.batch * pb.num_values * pb.num_heads + lane.row.head) * pb.channels;
+  lane.first_point = lane.row.index * pb.num_levels * pb.num_points;
+  return lane;
+}
+
+// One sampling point of a row: its level's size and first pixel, its attention weight and the
+// corners it reads.
+template <typename A>
+struct Point {
+  int64_t height;
+  int64_t width;
+  int64_t start;
+  A attention;
+  Corners<A> corners;
+};
+
+// Reads point `index` (in level-major order within its row) and returns whether it touches its
+// map; points of a level that does not fit inside value never do.
+template <typename A, typename L>
+__device__ __forceinline__ bool read_point(const Problem& pb, const int64_t* __restrict__ shapes,
+                                           const int64_t* __restrict__ starts,
+                                           const L* __restrict__ locations,
+                                           const L* __restrict__ weights, int64_t point,
+                                           int64_t index, Point<A>& out) {
+  const int64_t level = point / pb.num_points;
+  out.height = __ldg(shapes + 2 * level);
+  out.width = __ldg(shapes + 2 * level + 1);
+  out.start = __ldg(starts + level);
+  if (!level_fits(out.start, out.height, out.width, pb.num_values)) return false;
+  A x, y;
+  load_location(locations, index, x, y);
+  out.attention = to_acc(__ldg(weights + index));
+  return locate_corners<A>(x, y, out.height, out.width, out.corners);
+}
+
 template <typename T, typename L, int VEC>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     forward_kernel(Problem pb, Layout layout, const T* __restrict__ value,
@@ -166,52 +221,40 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                    const L* __restrict__ locations, const L* __restrict__ weights,
                    T* __restrict__ output) {
   using acc_t = acc_type_t<T>;
-  const int lanes = layout.group * layout.splits;
-  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  // Lanes past the end still take part in the shuffles; whole rows are active or not.
-  const bool active = thread < layout.total_threads;
-  const int lane = static_cast<int>(thread % lanes);
-  const int channel_lane = lane % layout.group;
-  const int split = lane / layout.group;
-  const Row row = locate_row(pb, active ? thread / lanes : 0);
+  const Lane lane = locate_lane(pb, layout);
   const int64_t pixel_stride = pb.num_heads * pb.channels;
-  const T* value_bm = value + (row.batch * pb.num_values * pb.num_heads + row.head) * pb.channels;
   const int64_t points_per_row = pb.num_levels * pb.num_points;
-  const int64_t first_point = row.index * points_per_row;
 
   for (int chunk = 0; chunk < layout.chunks; ++chunk) {
-    const int64_t channel = (static_cast<int64_t>(chunk) * layout.group + channel_lane) * VEC;
+    const int64_t channel = (static_cast<int64_t>(chunk) * layout.group + lane.channel_lane) * VEC;
     acc_t acc[VEC] = {};
-    if (active) {
+    if (lane.active) {
 #pragma unroll 4
-      for (int64_t point = split; point < points_per_row; point += layout.splits) {
-        const int64_t level = point / pb.num_points;
-        const int64_t height = __ldg(shapes + 2 * level);
-        const int64_t width = __ldg(shapes + 2 * level + 1);
-        const int64_t start = __ldg(starts + level);
-        if (!level_fits(start, height, width, pb.num_values)) continue;
-        acc_t x, y;
-        load_location(locations, first_point + point, x, y);
-        Corners<acc_t> corners;
-        if (!locate_corners<acc_t>(x, y, height, width, corners)) continue;
-        const acc_t attention = to_acc(__ldg(weights + first_point + point));
-        const T* level_value = value_bm + start * pixel_stride + channel;
+      for (int64_t point = lane.split; point < points_per_row; point += layout.splits) {
+        Point<acc_t> p;
+        if (!read_point(pb, shapes, starts, locations, weights, point, lane.first_point + point, p)) {
+          continue;
+        }
+        const T* level_value = value + lane.value_offset + p.start * pixel_stride + channel;
 #pragma unroll
         for (int corner = 0; corner < 4; ++corner) {
-          if (corners.pixel[corner] < 0) continue;
+          if (p.corners.pixel[corner] < 0) continue;
           acc_t sample[VEC];
-          load_vec<T, VEC>(level_value + corners.pixel[corner] * pixel_stride, sample);
-          const acc_t scale = attention * corners.weight[corner];
+          load_vec<T, VEC>(level_value + p.corners.pixel[corner] * pixel_stride, sample);
+          const acc_t scale = p.attention * p.corners.weight[corner];
 #pragma unroll
           for (int i = 0; i < VEC; ++i) acc[i] += scale * sample[i];
         }
       }
     }
     if (layout.splits > 1) {
+      const int lanes = layout.group * layout.splits;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) acc[i] = lane_sum(acc[i], lanes / 2, layout.group);
     }
-    if (active && split == 0) store_vec<T, VEC>(output + row.index * pb.channels + channel, acc);
+    if (lane.active && lane.split == 0) {
+      store_vec<T, VEC>(output + lane.row.index * pb.channels + channel, acc);
+    }
   }
 }
 
@@ -223,70 +266,50 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kBackwardBlocksPerSM)
                     const T* __restrict__ grad_output, acc_type_t<T>* __restrict__ grad_value,
                     L* __restrict__ grad_locations, L* __restrict__ grad_weights) {
   using acc_t = acc_type_t<T>;
-  const int lanes = layout.group * layout.splits;
-  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  // Lanes past the end still take part in the shuffles; whole rows are active or not.
-  const bool active = thread < layout.total_threads;
-  const int lane = static_cast<int>(thread % lanes);
-  const int channel_lane = lane % layout.group;
-  const int split = lane / layout.group;
-  const Row row = locate_row(pb, active ? thread / lanes : 0);
+  const Lane lane = locate_lane(pb, layout);
   const int64_t pixel_stride = pb.num_heads * pb.channels;
-  const int64_t value_offset =
-      (row.batch * pb.num_values * pb.num_heads + row.head) * pb.channels;
   const int64_t points_per_row = pb.num_levels * pb.num_points;
-  const int64_t first_point = row.index * points_per_row;
-  // Every lane runs the same number of iterations so that the shuffles stay converged.
+  // Every lane runs the same number of rounds so that the shuffles stay converged.
   const int64_t rounds = (points_per_row + layout.splits - 1) / layout.splits;
 
   for (int64_t round = 0; round < rounds; ++round) {
-    const int64_t point = round * layout.splits + split;
-    const bool owns_point = active && point < points_per_row;
-    const int64_t index = first_point + point;
-    int64_t height = 0, width = 0, start = 0;
-    acc_t attention = 0;
-    Corners<acc_t> corners;
-    bool touches = false;
-    if (owns_point) {
-      const int64_t level = point / pb.num_points;
-      height = __ldg(shapes + 2 * level);
-      width = __ldg(shapes + 2 * level + 1);
-      start = __ldg(starts + level);
-      if (level_fits(start, height, width, pb.num_values)) {
-        acc_t x, y;
-        load_location(locations, index, x, y);
-        attention = to_acc(__ldg(weights + index));
-        touches = locate_corners<acc_t>(x, y, height, width, corners);
-      }
-    }
+    const int64_t point = round * layout.splits + lane.split;
+    const bool owns_point = lane.active && point < points_per_row;
+    const int64_t index = lane.first_point + point;
+    Point<acc_t> p{0, 0, 0, 0, {}};
+    const bool touches =
+        owns_point && read_point(pb, shapes, starts, locations, weights, point, index, p);
     acc_t dot[4] = {0, 0, 0, 0};
     if (touches) {
       for (int chunk = 0; chunk < layout.chunks; ++chunk) {
-        const int64_t channel = (static_cast<int64_t>(chunk) * layout.group + channel_lane) * VEC;
+        const int64_t channel =
+            (static_cast<int64_t>(chunk) * layout.group + lane.channel_lane) * VEC;
         acc_t grad[VEC];
-        load_vec<T, VEC>(grad_output + row.index * pb.channels + channel, grad);
-        const int64_t level_offset = value_offset + start * pixel_stride + channel;
+        load_vec<T, VEC>(grad_output + lane.row.index * pb.channels + channel, grad);
+        const int64_t level_offset = lane.value_offset + p.start * pixel_stride + channel;
 #pragma unroll
         for (int corner = 0; corner < 4; ++corner) {
-          if (corners.pixel[corner] < 0) continue;
-          const int64_t offset = level_offset + corners.pixel[corner] * pixel_stride;
+          if (p.corners.pixel[corner] < 0) continue;
+          const int64_t offset = level_offset + p.corners.pixel[corner] * pixel_stride;
           acc_t sample[VEC];
           load_vec<T, VEC>(value + offset, sample);
 #pragma unroll
           for (int i = 0; i < VEC; ++i) dot[corner] += grad[i] * sample[i];
-          atomic_add_vec<acc_t, VEC>(grad_value + offset, grad, attention * corners.weight[corner]);
+          atomic_add_vec<acc_t, VEC>(grad_value + offset, grad,
+                                     p.attention * p.corners.weight[corner]);
         }
       }
     }
     SampleGrads<acc_t> grads{0, 0, 0};
-    if (touches) grads = sample_grads(corners, dot);
+    if (touches) grads = sample_grads(p.corners, dot);
     grads.sample = lane_sum(grads.sample, layout.group / 2, 1);
     grads.d_px = lane_sum(grads.d_px, layout.group / 2, 1);
     grads.d_py = lane_sum(grads.d_py, layout.group / 2, 1);
-    if (owns_point && channel_lane == 0) {
+    if (owns_point && lane.channel_lane == 0) {
+      // A point of a level that does not fit inside value gets zero gradients too.
       grad_weights[index] = from_acc<L>(grads.sample);
-      grad_locations[2 * index] = from_acc<L>(attention * grads.d_px * width);
-      grad_locations[2 * index + 1] = from_acc<L>(attention * grads.d_py * height);
+      grad_locations[2 * index] = from_acc<L>(p.attention * grads.d_px * p.width);
+      grad_locations[2 * index + 1] = from_acc<L>(p.attention * grads.d_py * p.height);
     }
   }
 }
