@@ -48,10 +48,10 @@ if wants build; then
   arch="$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")"
   export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}"
   export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-  # The H100 machine's first g++ on the PATH (/opt/gcc/bin/g++) links libstdc++ statically:
-  # the extension then crashed formatting its first error message (seen 2026-11-22). The
-  # system compiler links it dynamically, like torch.
-  if [[ -z "${CXX:-}" && -x /usr/bin/g++ ]]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
+  # The H100 machine sets CXX=/opt/gcc/bin/g++, a GCC that links libstdc++ statically: the
+  # extension then crashed formatting its first error message (seen 2026-11-22). The system
+  # compiler links libstdc++ dynamically, like torch.
+  if [[ -x /usr/bin/g++ ]]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
   step build "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
 fi
 step import "$PYTHON" -c "import torch, codetr.ops; print(torch.ops.codetr.msda)"

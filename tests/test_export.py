@@ -12,7 +12,9 @@ are compared only at ranks with a clear score gap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from codetr.export.plugin_contract import (
 )
 from codetr.models import Detections, build_model
 from codetr.runtime import load_runtime
+from codetr.tensorrt.torch_tensorrt import CompileMode
 import codetr.runtime.onnxruntime  # noqa: F401  registers its Python ops before any session exists
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
@@ -155,7 +158,7 @@ def test_exported_program_matches_eager(cli_export: Path, config, eager) -> None
     assert_detections_close(actual, eager(images, image_sizes), score_atol=1e-5, box_atol=1e-5)
 
 
-# ---------------------------------------------------------------- dynamic height and width, plugin node
+# ---------------------------------------------------------------- dynamic height and width
 
 
 DYNAMIC = ExportOptions(dtype=torch.float32, height=128, width=128, dynamic_height=DimRange(128, 192),
@@ -182,6 +185,15 @@ def dynamic_runtimes(dynamic_export: Path):
     return runtimes
 
 
+@pytest.fixture(scope="module")
+def dynamic_decomposed_runtimes(tmp_path_factory, config):
+    """The DYNAMIC export with MSDA decomposed: the reference path must trace the level sizes
+    symbolically (no ``.tolist()`` of a tensor) for the graph to accept other sizes."""
+    output = tmp_path_factory.mktemp("dynamic_decomposed")
+    export_model(build_model(config), config, dataclasses.replace(DYNAMIC, msda=MsdaMode.DECOMPOSED), output)
+    return {"exported_program": load_runtime(output / "model.pt2"), "onnxruntime": load_runtime(output / "model.onnx")}
+
+
 def test_dynamic_onnx_has_symbolic_height_and_width(dynamic_export: Path) -> None:
     model = onnx.load(str(dynamic_export / "model.onnx"))
     images = model.graph.input[0].type.tensor_type.shape.dim
@@ -191,15 +203,17 @@ def test_dynamic_onnx_has_symbolic_height_and_width(dynamic_export: Path) -> Non
     assert metadata["options"]["dynamic_width"] == {"min": 128, "max": 256}
 
 
+@pytest.mark.parametrize("runtimes", ["dynamic_runtimes", "dynamic_decomposed_runtimes"])
 @pytest.mark.parametrize("size", [(128, 256), (192, 160)])
-def test_dynamic_exports_run_at_other_sizes(dynamic_runtimes, eager, size: tuple[int, int]) -> None:
+def test_dynamic_exports_run_at_other_sizes(request, eager, runtimes: str, size: tuple[int, int]) -> None:
+    runtimes = request.getfixturevalue(runtimes)
     images, image_sizes = make_inputs(*size, valid=(size[0] - 16, size[1]), seed=4)
     expected = eager(images, image_sizes)
-    assert_detections_close(dynamic_runtimes["exported_program"](images, image_sizes), expected,
+    assert_detections_close(runtimes["exported_program"](images, image_sizes), expected,
                             score_atol=1e-5, box_atol=1e-5)
-    if "onnxruntime" not in dynamic_runtimes:
+    if "onnxruntime" not in runtimes:
         pytest.skip("onnxruntime-extensions not installed: the plugin node cannot run in ONNX Runtime")
-    assert_detections_close(dynamic_runtimes["onnxruntime"](images, image_sizes), expected,
+    assert_detections_close(runtimes["onnxruntime"](images, image_sizes), expected,
                             score_atol=1e-5, box_atol=1e-2)
 
 
@@ -370,3 +384,24 @@ def test_float16_exported_program_matches_eager(float16_failed_onnx, eager) -> N
     assert actual.scores.dtype == actual.boxes.dtype == torch.float32  # scores, boxes and top-k stay float32
     expected = eager(images, image_sizes, dtype=torch.float16)
     assert_detections_close(actual, expected, score_atol=1e-5, box_atol=1e-5)
+
+
+class ConstantDetector(torch.nn.Module):
+    """Stands in for Co-DINO where only the export stages matter: image -> (boxes, scores, labels)."""
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
+        boxes = images[:, :, :1, :4].mean(1)  # [B, 1, 4]
+        scores = boxes.sum(-1)
+        return Detections(boxes, scores, scores.long())
+
+
+def test_torch_tensorrt_stage_fails_cleanly_without_the_package(tmp_path: Path, config, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # makes `import torch_tensorrt` fail
+    options = ExportOptions(dtype=torch.float32, height=STATIC_SIZE[0], width=STATIC_SIZE[1],
+                            artifacts=(Artifact.EXPORTED_PROGRAM,), torch_tensorrt=CompileMode.HYBRID)
+    with pytest.raises(ExportError) as caught:
+        export_model(ConstantDetector(), config, options, tmp_path)
+    assert caught.value.stage == "torch-tensorrt hybrid"
+    assert "torch_tensorrt cannot be imported" in caught.value.reason
+    # The stages before it are kept; no compiled program, partial file or metadata is left.
+    assert [path.name for path in tmp_path.iterdir()] == ["model.pt2"]

@@ -6,6 +6,8 @@ These tests build no model and export nothing, so they take well under a second 
 from __future__ import annotations
 
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from codetr.export.cli import main
 from codetr.export.program import largest_feature_stride
 from codetr.export.stages import StageLog, atomic_path
 from codetr.config import load_config
+from codetr.tensorrt.torch_tensorrt import CompileMode
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 
@@ -40,6 +43,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ({"msda": MsdaMode.NVIDIA, "dtype": torch.bfloat16}, "float32 and float16 only"),
         ({"dynamic_height": DimRange(128, 512), "height": 640}, "dynamic_height 128:512 must satisfy"),
         ({"opset": 13}, "opset must be >= 16"),
+        ({"torch_tensorrt": "hybrid"}, r"torch_tensorrt must be None or a CompileMode \(hybrid, full\)"),
+        ({"torch_tensorrt": CompileMode.FULL, "msda": MsdaMode.DECOMPOSED}, "msda 'decomposed' has none"),
     ],
 )
 def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
@@ -81,6 +86,7 @@ def test_dim_range_parse() -> None:
         (["--config", "/nonexistent/model.toml"], "config file not found: /nonexistent/model.toml"),
         (["--artifacts", "onnx,tflite"], "--artifacts: unknown tflite"),
         (["--dynamic-height", "64-256"], "--dynamic-height must be MIN:MAX"),
+        (["--torch-tensorrt", "partial"], "argument --torch-tensorrt: invalid choice: 'partial'"),
     ],
 )
 def test_cli_rejects_bad_arguments(capsys, tmp_path: Path, args: list[str], message: str) -> None:
@@ -136,3 +142,21 @@ def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
         assert target.read_text() == "old"
     assert target.read_text() == "new"
     assert [path.name for path in tmp_path.iterdir()] == ["metadata.json"]
+
+
+def test_cli_rejects_torch_tensorrt_without_the_package(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # makes `import torch_tensorrt` fail
+    status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96",
+                             "--torch-tensorrt", "hybrid", "--output", str(tmp_path / "out"))
+    assert status == 2
+    assert "--torch-tensorrt hybrid: torch_tensorrt cannot be imported (" in stderr
+    assert "install torch-tensorrt" in stderr
+    assert not (tmp_path / "out").exists()  # rejected before any work
+
+
+def test_cli_rejects_torch_tensorrt_on_cpu(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", types.ModuleType("torch_tensorrt"))
+    status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96",
+                             "--torch-tensorrt", "full", "--device", "cpu", "--output", str(tmp_path / "out"))
+    assert status == 2
+    assert "--torch-tensorrt full: Torch-TensorRT compiles on a CUDA GPU; use --device cuda" in stderr

@@ -81,7 +81,20 @@ def test_tiny_co_dino_partitions(reports):
     hybrid, full = reports["tiny-hybrid"], reports["tiny-full"]
     print(f"tiny Co-DINO, hybrid: {hybrid['text']}\ntiny Co-DINO, full: {full['text']}")
     assert "codetr.msda.default" in hybrid["pytorch_ops"]
-    assert "codetr.msda.default" not in full["pytorch_ops"]
-    # The plugin converter removes every PyTorch segment that only MSDA caused.
-    assert full["pytorch_segments"] < hybrid["pytorch_segments"]
-    assert full["tensorrt_segments"] >= 1
+    # With the plugin converter nothing is left to PyTorch: the whole model is one engine.
+    assert (full["tensorrt_segments"], full["pytorch_segments"], full["pytorch_ops"]) == (1, 0, [])
+
+
+@needs_torch_tensorrt
+def test_export_reports_and_saves_the_torch_tensorrt_partition(reports):
+    report, direct = reports["export-hybrid"], reports["tiny-hybrid"]
+    # The export path records what compiling the same model directly gives.
+    assert report["metadata"] == {"mode": "hybrid", "tensorrt_segments": direct["tensorrt_segments"],
+                                  "pytorch_segments": direct["pytorch_segments"],
+                                  "pytorch_ops": ["codetr.msda.default"]}
+    assert report["text"] == direct["text"]
+    assert report["files"]["torch_tensorrt"] == "model_torch_tensorrt.pt2"
+    assert "torch-tensorrt hybrid" in report["stages"]
+    # The dry-run compile keeps every segment in PyTorch, so the saved program computes exactly
+    # what the plain ExportedProgram does.
+    assert report["same_outputs"]
