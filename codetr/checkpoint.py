@@ -19,6 +19,7 @@ every offending key.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -79,16 +80,54 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         except Exception as error:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from error
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path}: refused to unpickle (weights_only=True allows tensors and plain containers only; "
-            f"re-save just the state_dict): {error}"
-        ) from error
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {error}") from error
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(_refusal_message(path, error)) from error
+        except (RuntimeError, EOFError, ValueError, OSError) as error:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {error}") from error
     return _unwrap(content, path)
+
+
+def _numpy_safe_globals() -> list[object]:
+    """What ``torch.load(weights_only=True)`` needs beyond its defaults to rebuild the numpy scalars
+    and arrays that mmcv / mmengine put in checkpoint metadata (e.g. ``meta.hook_msgs.best_score``).
+
+    These rebuild values from raw bytes or from already-unpickled lists and run no other code.
+    numpy 1.x pickles name ``numpy.core.multiarray``, numpy 2.x ``numpy._core.multiarray``; both
+    names map to the installed functions. Object and structured (void) dtypes stay refused: weights
+    never need them and their pickled states carry arbitrary nested layouts.
+    """
+    try:
+        import numpy
+    except ImportError:  # then no pickle holding numpy values can be read anyway
+        return []
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy 1.x
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    reconstructors = [
+        (function, f"{module}.{function.__name__}")
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for function in (multiarray.scalar, multiarray._reconstruct)
+    ]
+    dtype_classes = {type(numpy.dtype(code)) for code in numpy.typecodes["All"] if code not in "OV"}
+    return [numpy.ndarray, numpy.dtype, *dtype_classes, *reconstructors]
+
+
+def _refusal_message(path: Path, error: pickle.UnpicklingError) -> str:
+    try:  # lists the globals outside the allowlist that is active around this call
+        refused = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (RuntimeError, ValueError, OSError):  # e.g. a legacy (non-zip) file: torch's message says it
+        refused = []
+    what = f"the pickled global(s) {', '.join(refused)}" if refused else f"its content ({error})"
+    return (
+        f"{path}: refused to unpickle {what}. Only tensors, plain containers and numpy scalars/arrays are "
+        "read, so no code from the file runs. If you trust the file, re-save only its weights: "
+        f"python -c \"import torch; c = torch.load({str(path)!r}, weights_only=False); "
+        f"torch.save({{'state_dict': c['state_dict']}}, {str(path.with_name(path.stem + '_weights.pth'))!r})\""
+    )
 
 
 def _unwrap(content: object, path: Path) -> dict[str, torch.Tensor]:

@@ -104,9 +104,11 @@ class PreprocessConfig:
 
     ``scale`` is (long edge limit, short edge limit) as in mmdet ``Resize(scale=..., keep_ratio=True)``.
     Padding goes to ``pad_size`` (h, w) when given (LSJ), otherwise to the batch maximum rounded
-    up to ``size_divisor``. ``mask_padding``: Sense-X (mmdet 2.x) masks padded pixels in the
-    transformer; mmdet 3.x ``CoDETR`` (``with_attn_mask=False``) does not and treats the whole padded
-    canvas as the image.
+    up to ``size_divisor``. ``pad_value`` is an intensity in RGB 0-255 (the pipeline pads before
+    normalising, e.g. LSJ's 114) or ``"mean"``: the ``mean`` colour, which the model's
+    normalisation turns into exactly 0 (pipelines that pad after ``Normalize`` with 0).
+    ``mask_padding``: whether the transformer ignores padded pixels (official ``with_attn_mask``);
+    when false the whole padded canvas is treated as the image.
     """
 
     scale: tuple[int, int]
@@ -114,8 +116,15 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     pad_size: tuple[int, int] | None = None
     size_divisor: int = 32
-    pad_value: float = 0.0
+    pad_value: float | Literal["mean"] = 0.0
     mask_padding: bool = False
+
+    @property
+    def pad_colour(self) -> tuple[float, float, float]:
+        """The RGB 0-255 value written into padded pixels."""
+        if self.pad_value == "mean":
+            return self.mean
+        return (self.pad_value, self.pad_value, self.pad_value)
 
 
 @dataclass(frozen=True)
@@ -230,8 +239,16 @@ def _convert(hint: Any, value: Any, key: str, path: Path) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        options = [arg for arg in args if arg is not type(None)]
-        return _convert(options[0], value, key, path)
+        options = [arg for arg in args if arg is not type(None)]  # None is only ever a default
+        problems = []
+        for option in options:
+            try:
+                return _convert(option, value, key, path)
+            except ConfigError as error:
+                problems.append(str(error).removeprefix(f"{path}: "))
+        if len(problems) == 1:
+            raise ConfigError(f"{path}: {problems[0]}")
+        raise ConfigError(f"{path}: {key} = {value!r} fits none of its forms: {'; '.join(problems)}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".", path)
     if origin is Literal:

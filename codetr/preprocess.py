@@ -4,7 +4,8 @@
 min(long_limit / long_edge, short_limit / short_edge), sizes rounded as mmcv does
 (``int(x * s + 0.5)``), bilinear (``align_corners=False``, no antialias, like cv2.INTER_LINEAR),
 rounded back to integer intensities like the uint8 cv2 output. Then the batch is padded
-bottom/right to the fixed LSJ size or to the largest image rounded up to ``size_divisor``.
+bottom/right to the fixed LSJ size or to the largest image rounded up to ``size_divisor``, with
+the config's pad colour (``"mean"`` pads with the normalisation mean, i.e. 0 after normalising).
 Mean/std normalisation is not done here: it is inside the model, which takes RGB 0-255.
 """
 
@@ -80,7 +81,8 @@ def make_batch(images: Sequence[torch.Tensor], config: PreprocessConfig) -> Batc
         divisor = config.size_divisor
         canvas_height = -(-max(heights) // divisor) * divisor
         canvas_width = -(-max(widths) // divisor) * divisor
-    batch = torch.full((len(images), 3, canvas_height, canvas_width), float(config.pad_value))
+    pad_colour = torch.tensor(config.pad_colour, dtype=torch.float32).view(3, 1, 1)
+    batch = pad_colour.expand(len(images), 3, canvas_height, canvas_width).clone()
     for index, image in enumerate(resized):
         batch[index, :, : image.shape[1], : image.shape[2]] = image
     resized_sizes = torch.tensor(list(zip(heights, widths)), dtype=torch.int64)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -316,3 +318,73 @@ def test_other_models_checkpoint_is_rejected(tmp_path):
     save_checkpoint(build_model(tiny_swin_config()), path)
     with pytest.raises(CheckpointError, match="problem"):
         load_checkpoint(build_model(tiny_config()), path)
+
+
+# ---- numpy values in checkpoint metadata (mmcv 1.x / mmengine) ---------------------------------
+
+def _with_pickled_module_renamed(source: Path, target: Path, old: str, new: str) -> None:
+    """Copies a torch.save zip, renaming a module in its pickle's GLOBAL opcodes (protocol 2 writes
+    them as text lines), to produce what another numpy major version would have written."""
+    with zipfile.ZipFile(source) as reader, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as writer:
+        for name in reader.namelist():
+            data = reader.read(name)
+            if name.endswith("/data.pkl"):
+                assert f"c{old}\n".encode() in data
+                data = data.replace(f"c{old}\n".encode(), f"c{new}\n".encode())
+            writer.writestr(name, data)
+
+
+@pytest.mark.parametrize("numpy_module", ["numpy._core.multiarray", "numpy.core.multiarray"])
+def test_numpy_scalars_and_arrays_in_metadata_load(tmp_path, numpy_module):
+    source = build_model(tiny_config(), seed=3)
+    meta = {
+        "hook_msgs": {"best_score": np.float64(0.5), "best_ckpt": "epoch_12.pth"},  # mmcv 1.x EvalHook
+        "seed": np.int64(42),
+        "iter_times": np.arange(4, dtype=np.float32),
+        "flags": np.array([True, False]),
+        "name": np.str_("co_dino"),
+    }
+    saved = tmp_path / "saved.pth"
+    torch.save({"meta": meta, "state_dict": source.state_dict()}, saved)
+    path = tmp_path / "checkpoint.pth"
+    installed = "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray"
+    if numpy_module == installed:
+        path = saved
+    else:
+        _with_pickled_module_renamed(saved, path, installed, numpy_module)
+    target = build_model(tiny_config(), seed=4)
+    load_checkpoint(target, path)
+    assert torch.equal(target.query_head.cls_branches[1].weight, source.query_head.cls_branches[1].weight)
+
+
+class _TrainingLogBuffer:  # stands in for mmengine's HistoryBuffer in `message_hub`
+    def __init__(self) -> None:
+        self.values = [1.0, 2.0]
+
+
+def test_unknown_globals_are_named_with_a_resave_hint(tmp_path):
+    state = build_model(tiny_config()).state_dict()
+    path = tmp_path / "mmengine.pth"
+    torch.save({"meta": {"best": np.float64(1.0)}, "state_dict": state, "message_hub": {"log": _TrainingLogBuffer()}}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(build_model(tiny_config()), path)
+    message = str(error.value)
+    # only the unknown class is named: the numpy scalar beside it is accepted
+    assert f"refused to unpickle the pickled global(s) {_TrainingLogBuffer.__module__}._TrainingLogBuffer." in message
+    assert "weights_only=False" in message and "mmengine_weights.pth" in message
+
+
+def test_numpy_allowlist_opens_no_code_execution(tmp_path):
+    marker = Path("/tmp/codetr_checkpoint_exploit_marker")
+    marker.unlink(missing_ok=True)
+    state = build_model(tiny_config()).state_dict()
+    exploit = tmp_path / "exploit.pth"
+    torch.save({"meta": {"x": np.array([_Exploit()], dtype=object)}, "state_dict": state}, exploit)
+    with pytest.raises(CheckpointError, match="refused to unpickle"):
+        load_checkpoint(build_model(tiny_config()), exploit)
+    assert not marker.exists()
+
+    object_array = tmp_path / "object_array.pth"  # object dtypes stay refused even with safe contents
+    torch.save({"meta": {"x": np.array(["a", 1], dtype=object)}, "state_dict": state}, object_array)
+    with pytest.raises(CheckpointError, match="refused to unpickle"):
+        load_checkpoint(build_model(tiny_config()), object_array)

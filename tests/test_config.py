@@ -19,7 +19,7 @@ def test_official_r50_lsj_values():
     assert config.model.transformer.pos_temperature == 20.0
     assert config.model.max_per_img == 300
     assert config.preprocess.scale == (1024, 1024) and config.preprocess.pad_size == (1024, 1024)
-    assert config.preprocess.pad_value == 114.0
+    assert config.preprocess.pad_value == 114.0 and not config.preprocess.mask_padding
     assert config.test.nms.kind == "soft_nms" and config.test.nms.iou_threshold == 0.8
     assert config.class_names[0] == "person" and len(config.class_names) == 80
 
@@ -31,6 +31,16 @@ def test_official_swin_l_values():
     assert (swin.embed_dims, swin.depths, swin.num_heads, swin.window_size) == (192, (2, 2, 18, 2), (6, 12, 24, 48), 12)
     assert config.model.neck.in_channels == (192, 384, 768, 1536)
     assert config.preprocess.scale == (2048, 1280) and config.preprocess.pad_size is None
+    # Sense-X: Pad(size_divisor=32) with 0 after Normalize, padding masked (with_attn_mask=True)
+    assert config.preprocess.size_divisor == 32 and config.preprocess.mask_padding
+    assert config.preprocess.pad_value == "mean"
+    assert config.preprocess.pad_colour == (123.675, 116.28, 103.53) == config.preprocess.mean
+
+
+def test_pad_value_forms(tmp_path):
+    assert load_config(_write_variant(tmp_path, "pad_value = 0.0", "pad_value = 114")).preprocess.pad_colour == (114.0,) * 3
+    mean = load_config(_write_variant(tmp_path, "pad_value = 0.0", 'pad_value = "mean"')).preprocess
+    assert mean.pad_value == "mean" and mean.pad_colour == mean.mean
 
 
 def test_coco_tables_are_consistent():
@@ -59,6 +69,9 @@ def _write_variant(tmp_path: Path, old: str, new: str) -> Path:
         ("num_classes = 5", "num_classes = 6", "class_names has 5 names"),
         ("scale = [96, 64]", "scale = [96]", "preprocess.scale must have 2 entries"),
         ("mask_padding = true", "mask_padding = 1", "preprocess.mask_padding must be bool"),
+        ("pad_value = 0.0", 'pad_value = "avg"', "preprocess.pad_value = 'avg' fits none of its forms"),
+        ("pad_value = 0.0", "pad_value = true", "preprocess.pad_value must be a number"),
+        ("size_divisor = 32", "size_divisor = 32\npad_size = [64]", "preprocess.pad_size must have 2 entries"),
     ],
 )
 def test_malformed_config_names_key_and_file(tmp_path, old, new, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from torchvision.io import decode_image, write_png
 
 from codetr.__main__ import main
 from codetr.config import NmsConfig, PreprocessConfig, load_config
-from codetr.models import Detections
+from codetr.models import Detections, build_model
 from codetr.postprocess import coco_results, postprocess, soft_nms
 from codetr.preprocess import load_image, make_batch, rescaled_size, resize_keep_ratio
 
@@ -63,6 +64,26 @@ def test_batch_of_different_sizes_lsj_and_divisor():
     batch = make_batch(images, divisor)
     assert batch.images.shape == (2, 3, 64, 64)  # content 38x50 and 50x25, rounded up to 32
     assert batch.image_sizes.tolist() == [[38, 50], [50, 25]]
+
+
+def test_pad_with_mean_colour_is_zero_after_the_models_normalisation():
+    mean = (123.675, 116.28, 103.53)
+    config = PreprocessConfig(scale=(50, 50), size_divisor=32, pad_value="mean", mean=mean, mask_padding=True)
+    batch = make_batch([gradient_image(30, 40), gradient_image(40, 20)], config)
+    assert batch.images.shape == (2, 3, 64, 64)  # content 38x50 and 50x25
+    for channel, value in enumerate(mean):
+        assert batch.images[0, channel, 38:, :].eq(torch.tensor(value, dtype=torch.float32)).all()
+        assert batch.images[1, channel, :, 25:].eq(torch.tensor(value, dtype=torch.float32)).all()
+    assert batch.images[0, :, :38, :50].eq(batch.images[0, :, :38, :50].round()).all()  # content untouched
+
+    # what the backbone sees: padding is exactly 0, as when the official pipeline pads after Normalize
+    model = build_model(dataclasses.replace(load_config(TINY), preprocess=config), seed=0).eval()
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(batch.images, batch.image_sizes)
+    assert seen[0][0, :, 38:, :].eq(0).all() and seen[0][1, :, :, 25:].eq(0).all()
+    assert seen[0][0, :, :38, :50].ne(0).any()
 
 
 def test_load_image_errors(tmp_path):

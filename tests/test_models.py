@@ -86,6 +86,21 @@ def test_reduced_precision_runs_with_float32_outputs():
     assert abs(half.scores[:, 0] - full.scores[:, 0]).max() < 0.05
 
 
+def test_float64_images_are_normalised_in_float64():
+    images, sizes = sample_inputs()
+    images = images.double() + 1e-3  # not representable in float32
+    config = tiny_config()
+    model = build_model(config).double().eval()
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(images, sizes)
+    mean = torch.tensor(config.preprocess.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(config.preprocess.std, dtype=torch.float64).view(1, 3, 1, 1)
+    assert seen[0].dtype == torch.float64
+    torch.testing.assert_close(seen[0], (images - mean) / std, atol=1e-14, rtol=0)
+
+
 def test_select_detections_matches_brute_force():
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(1, 6, 3, generator=generator)
@@ -146,26 +161,28 @@ def test_encoder_proposals_hand_computed():
     assert proposals[0, 17].tolist() == pytest.approx([logit(0.75), logit(0.25), logit(0.1), logit(0.1)], rel=1e-5)
 
 
-def test_window_attention_matches_naive_relative_bias_attention():
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_window_attention_matches_naive_relative_bias_attention(dtype, tolerance):
     torch.manual_seed(0)
     window, heads, dims = 3, 2, 8
-    attention = WindowMSA(dims, heads, window)
+    attention = WindowMSA(dims, heads, window).to(dtype)
     torch.nn.init.normal_(attention.relative_position_bias_table)
-    tokens = torch.randn(1, window * window, dims)
+    tokens = torch.randn(1, window * window, dims, dtype=dtype)
     result = attention(tokens, None)
+    assert result.dtype == dtype
     # naive: bias for the pair (i, j) sits at table row (dy + w - 1) * (2w - 1) + (dx + w - 1)
     q, k, v = attention.qkv(tokens).view(window * window, 3, heads, dims // heads).unbind(1)
     positions = [(r, c) for r in range(window) for c in range(window)]
     outputs = []
     for head in range(heads):
-        logits = torch.empty(window * window, window * window)
+        logits = torch.empty(window * window, window * window, dtype=dtype)
         for i, (ri, ci) in enumerate(positions):
             for j, (rj, cj) in enumerate(positions):
                 row = (ri - rj + window - 1) * (2 * window - 1) + (ci - cj + window - 1)
                 logits[i, j] = q[i, head] @ k[j, head] / math.sqrt(dims // heads) + attention.relative_position_bias_table[row, head]
         outputs.append(logits.softmax(-1) @ v[:, head])
     expected = attention.proj(torch.cat(outputs, -1))
-    torch.testing.assert_close(result[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result[0], expected, atol=tolerance, rtol=tolerance)
 
 
 def test_shifted_windows_keep_attention_inside_contiguous_regions():

@@ -2,9 +2,9 @@
 
 ``CoDINO.forward(images, image_sizes) -> Detections`` is the exported contract: images
 [B, 3, H, W] RGB 0-255 (resized and padded on the host), image_sizes [B, 2] int64 (h, w) of the
-valid content. Normalisation runs in float32, then the input is cast to the parameters' dtype, so
-``model.to(torch.float16)`` is all it takes to run in half precision; scores, boxes and the
-final top-k stay float32 (see the precision notes of the submodules).
+valid content. Normalisation runs in float32 (float64 for float64 images), then the input is cast
+to the parameters' dtype, so ``model.to(torch.float16)`` is all it takes to run in half precision;
+scores, boxes and the final top-k stay float32 (see the precision notes of the submodules).
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ class CoDINO(nn.Module):
         return self.query_head.transformer.level_embeds.dtype
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
-        mean = torch.tensor(self.pixel_mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.pixel_std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-        normalised = ((images.float() - mean) / std).to(self.dtype)
+        compute_dtype = torch.promote_types(images.dtype, torch.float32)
+        mean = torch.tensor(self.pixel_mean, dtype=compute_dtype, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std, dtype=compute_dtype, device=images.device).view(1, 3, 1, 1)
+        normalised = ((images.to(compute_dtype) - mean) / std).to(self.dtype)
         features = self.neck(self.backbone(normalised))
         logits, boxes = self.query_head(features, image_sizes, (images.shape[2], images.shape[3]))
         return select_detections(logits, boxes, image_sizes, self.max_per_img)

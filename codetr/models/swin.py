@@ -7,8 +7,9 @@ Patch merging concatenates the 2x2 neighbours channel-major in ``nn.Unfold`` ord
 (index = c * 4 + 2 * row + col), the mmdet 3.x convention; Sense-X / original Swin checkpoints
 (``backbone.layers.*``, neighbour-major order) are converted by :mod:`codetr.checkpoint`.
 
-Precision: window-attention softmax runs in float32 (the -100 shift mask and the bias table make
-fp16 logits lose resolution); LayerNorm runs in the model dtype (PyTorch accumulates in float32).
+Precision: window-attention softmax runs in at least float32 (the -100 shift mask and the bias table
+make fp16 logits lose resolution; a float64 model stays float64); LayerNorm runs in the model dtype
+(PyTorch accumulates in float32).
 Shapes are handled with tensor arithmetic only, so torch.export works with dynamic H/W.
 """
 
@@ -90,7 +91,8 @@ class WindowMSA(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         logits = (query * self.scale) @ key.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        logits = logits.float() + bias.view(tokens, tokens, -1).permute(2, 0, 1).float()
+        softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
+        logits = logits.to(softmax_dtype) + bias.view(tokens, tokens, -1).permute(2, 0, 1).to(softmax_dtype)
         if mask is not None:
             num_windows = mask.shape[0]
             logits = logits.view(-1, num_windows, self.num_heads, tokens, tokens) + mask[None, :, None]
