@@ -80,7 +80,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         except Exception as error:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from error
-    with torch.serialization.safe_globals(_numpy_safe_globals()):
+    # Leaving the context removes what it added: skip entries the caller allowed globally already.
+    already_allowed = set(torch.serialization.get_safe_globals())
+    numpy_globals = [entry for entry in _numpy_safe_globals() if entry not in already_allowed]
+    with torch.serialization.safe_globals(numpy_globals):
         try:
             content = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:

@@ -10,6 +10,6 @@ python3 -m pip install --no-build-isolation -e ".[test]"
 
 # torch-tensorrt-rtx is released per torch version and pins an older tensorrt-rtx than the
 # builder above, so it comes without its dependencies (torch, dllist, psutil are installed).
-torch_version=$(python3 -c "import torch; print(torch.__version__.split('+')[0])")
-python3 -m pip install --no-deps "torch-tensorrt-rtx==${torch_version}" ||
-  echo "codetr: no torch-tensorrt-rtx for torch ${torch_version}; its tests will skip"
+torch_minor=$(python3 -c "import torch; print('.'.join(torch.__version__.split('.')[:2]))")
+python3 -m pip install --no-deps "torch-tensorrt-rtx==${torch_minor}.*" ||
+  echo "codetr: no torch-tensorrt-rtx for torch ${torch_minor}; its tests will skip"
