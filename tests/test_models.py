@@ -101,6 +101,17 @@ def test_float64_images_are_normalised_in_float64():
     torch.testing.assert_close(seen[0], (images - mean) / std, atol=1e-14, rtol=0)
 
 
+@pytest.mark.parametrize(("dtype", "box_dtype"), [(torch.float64, torch.float64), (torch.bfloat16, torch.float32)])
+def test_proposal_boxes_keep_at_least_float32(dtype, box_dtype):
+    images, sizes = sample_inputs()
+    model = build_model(tiny_config()).to(dtype).eval()
+    seen = []
+    model.query_head.transformer.decoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[1]))
+    with torch.no_grad():
+        model(images, sizes)
+    assert seen[0].dtype == box_dtype  # the decoder's initial reference boxes, from the proposal top-k
+
+
 def test_select_detections_matches_brute_force():
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(1, 6, 3, generator=generator)

@@ -9,9 +9,9 @@ All layers are post-norm. The auxiliary-head parameters of the official model
 (``aux_pos_trans*``, ``pos_feats_*``) are training-only and not built here.
 
 Precision: boxes, reference points, proposals and everything that goes through
-sigmoid / inverse-sigmoid stay float32 (fp16 logits of coordinates lose ~1e-3 relative precision,
+sigmoid / inverse-sigmoid stay at least float32 (float64 in a float64 model; fp16 logits of coordinates lose ~1e-3 relative precision,
 i.e. pixels on a 1k image, and ``inf`` proposal masks must survive); the proposal top-k runs on
-float32 scores so ties do not reorder queries; positional encodings are computed in float32 and
+at least float32 scores so ties do not reorder queries; positional encodings are computed in float32 and
 cast to the model dtype. MSDA receives float32 reference points; feature tensors stay in the model
 dtype. No data-dependent Python control flow: torch.export works with dynamic H/W.
 """
@@ -201,8 +201,9 @@ class CoDinoTransformer(nn.Module):
 
         proposal_memory, proposals = self.encoder_proposals(memory, levels)
         num_decoder_layers = len(self.decoder.layers)
-        class_logits = cls_branches[num_decoder_layers](proposal_memory).float()
-        proposal_boxes = reg_branches[num_decoder_layers](proposal_memory).float() + proposals
+        proposal_dtype = torch.promote_types(proposal_memory.dtype, torch.float32)  # float64 stays float64
+        class_logits = cls_branches[num_decoder_layers](proposal_memory).to(proposal_dtype)
+        proposal_boxes = reg_branches[num_decoder_layers](proposal_memory).to(proposal_dtype) + proposals
         top = torch.topk(class_logits.max(-1)[0], self.num_queries, dim=1)[1]
         reference_boxes = torch.gather(proposal_boxes, 1, top[..., None].expand(-1, -1, 4)).sigmoid()
 
