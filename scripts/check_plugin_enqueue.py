@@ -31,9 +31,9 @@ from codetr.tensorrt.plugin_harness import (  # noqa: E402
     TrtDataType,
     compile_harness,
 )
+from codetr_build.cuda_toolkit import find_cuda_home  # noqa: E402
 from codetr_build.tensorrt_plugin import (  # noqa: E402
     build_tensorrt_plugin,
-    find_cuda_home,
     find_tensorrt_include_dir,
 )
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from codetr.tensorrt.plugin_harness import PluginHarness, compile_harness
+from codetr_build.cuda_toolkit import find_cuda_home, static_cudart_dir
 from codetr_build.tensorrt_plugin import (
     KERNEL_SOURCE,
     LIBRARY_NAME,
     PLUGIN_SOURCES,
     build_tensorrt_plugin,
-    find_cuda_home,
     find_tensorrt_include_dir,
 )
 
@@ -40,7 +40,7 @@ def include_dir() -> Path:
 @pytest.fixture(scope="session")
 def cuda_home() -> Path:
     found = find_cuda_home()
-    if found is None:
+    if found is None or static_cudart_dir(found) is None:
         pytest.skip("no CUDA toolkit (nvcc + libcudart_static.a) to compile the plugin")
     return found
 
