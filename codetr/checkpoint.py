@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from codetr.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -245,16 +245,10 @@ def save_checkpoint(model: nn.Module, path: str | Path, layout: Layout = "mmdet3
     if layout == "sensex":
         state = mmdet3_to_sensex(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(state, temporary)
+            save_file(state, str(temporary))
         else:
             torch.save({"state_dict": state}, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from torchvision.io import encode_jpeg
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
+from codetr.atomic import atomic_path
 from codetr.checkpoint import load_checkpoint
 from codetr.config import Config, load_config
 from codetr.models import build_model
@@ -98,12 +97,5 @@ def draw(image: torch.Tensor, detections: ImageDetections, config: Config) -> to
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, so no half-written file is ever visible."""
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)

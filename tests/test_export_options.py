@@ -16,7 +16,8 @@ import torch
 from codetr.export import Artifact, DimRange, ExportError, ExportOptions, MsdaMode
 from codetr.export.cli import main
 from codetr.export.program import largest_feature_stride
-from codetr.export.stages import StageLog, atomic_path
+from codetr.atomic import atomic_path
+from codetr.export.stages import StageLog
 from codetr.config import load_config
 from codetr.tensorrt.torch_tensorrt import CompileMode
 

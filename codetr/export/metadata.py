@@ -15,7 +15,7 @@ import codetr
 from codetr.config import Config
 from codetr.export.options import ExportOptions
 from codetr.export.program import INPUT_NAMES, OUTPUT_NAMES
-from codetr.export.stages import atomic_path
+from codetr.atomic import atomic_path
 from codetr.tensorrt.torch_tensorrt import Partition
 
 METADATA_FORMAT = "codetr-export/1"

@@ -16,7 +16,7 @@ from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
 from codetr.export import plugin_contract as contract
 from codetr.export.options import ExportOptions, MsdaMode
 from codetr.export.program import INPUT_NAMES, OUTPUT_NAMES
-from codetr.export.stages import atomic_path
+from codetr.atomic import atomic_path
 
 # ONNX Runtime 1.31 (and TensorRT 10's parser) read IR versions up to 10/13; onnx >= 1.20
 # writes 14 by default. Nothing here needs a newer IR than 10 (opset 18-21 era).

@@ -18,7 +18,8 @@ from codetr.export.metadata import build_metadata, library_versions, write_metad
 from codetr.export.onnx_model import save_onnx, to_onnx
 from codetr.export.options import Artifact, DimRange, ExportOptions
 from codetr.export.program import export_program, largest_feature_stride, prepare_model
-from codetr.export.stages import StageLog, atomic_path
+from codetr.atomic import atomic_path
+from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
 from codetr.export.torch_tensorrt_program import compile_and_save
 from codetr.tensorrt.torch_tensorrt import Partition

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,24 +29,6 @@ class StageRecord:
     seconds: float
     path: Path | None = None
     bytes: int | None = None
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
-
-    Readers never see a half-written file: ``os.replace`` within one directory is atomic, and
-    on failure the temporary file is removed.
-    """
-    # Same suffix as the target: some writers (torch.export.save) check it.
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield temporary
-        if not temporary.exists():
-            raise RuntimeError(f"nothing was written to {temporary}")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 class StageLog:

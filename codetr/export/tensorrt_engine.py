@@ -17,7 +17,7 @@ from types import ModuleType
 import onnx
 
 from codetr.export.plugin_contract import CODETR_OP_TYPE, NVIDIA_OP_TYPE
-from codetr.export.stages import atomic_path
+from codetr.atomic import atomic_path
 from codetr.tensorrt.backend import check_plugin_nodes_parsable, import_tensorrt, is_tensorrt_rtx
 from codetr.tensorrt.inspect import make_recording_logger
 from codetr.tensorrt.plugin import register_plugin_library

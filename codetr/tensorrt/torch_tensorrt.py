@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda
+from codetr.atomic import atomic_path
 from codetr.tensorrt.plugin import register_plugin_library
 
 MSDA_OP = torch.ops.codetr.msda.default
@@ -190,12 +190,8 @@ def save_compiled(
     import torch_tensorrt
 
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
+    with atomic_path(path) as temporary:
         torch_tensorrt.save(module, str(temporary), output_format="exported_program", arg_inputs=list(example_inputs))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 
