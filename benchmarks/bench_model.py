@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 
 from codetr.config import load_config
-from codetr.models import build_model
+from codetr.models import DTYPES, build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIGS = ("co_dino_5scale_r50_lsj_8xb2_1x_coco", "co_dino_5scale_swin_l_16xb1_16e_o365tococo")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def measure(model: torch.nn.Module, images: torch.Tensor, sizes: torch.Tensor, warmup: int, iterations: int) -> list[float]:

@@ -37,12 +37,12 @@ from dataclasses import dataclass
 
 import torch
 
+from codetr.models import DTYPES
 from codetr.ops import msda, msda_reference
 
 HEADS, CHANNELS, POINTS = 8, 32, 4
 CO_DINO_SHAPES = ((192, 288), (96, 144), (48, 72), (24, 36), (12, 18))  # 768x1152, strides 4-64
 SMALL_SHAPES = ((96, 144), (48, 72), (24, 36), (12, 18), (6, 9))  # 384x576
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 IMPLEMENTATIONS = ("codetr", "codetr_f32loc", "torch_ref")
 WARMUP = 5

@@ -21,13 +21,12 @@ from tqdm import tqdm
 from codetr.atomic import atomic_path
 from codetr.checkpoint import load_checkpoint
 from codetr.config import Config, load_config
-from codetr.models import build_model
+from codetr.models import DTYPES, build_model
 from codetr.postprocess import ImageDetections, coco_results, postprocess
 from codetr.preprocess import IMAGE_SUFFIXES, load_image, make_batch
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="folder for drawn images and JSON results")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring above this (default 0.3)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
 
 
 def list_images(source: Path) -> list[Path]:
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = load_checkpoint(model, args.checkpoint)
         logger.info("loaded %d tensors (%s layout) from %s", report.loaded, report.layout, args.checkpoint)
-    model = model.to(device=args.device, dtype=_DTYPES[args.dtype])
+    model = model.to(device=args.device, dtype=DTYPES[args.dtype])
     args.output.mkdir(parents=True, exist_ok=True)
 
     results, image_entries = [], []

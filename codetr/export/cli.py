@@ -14,13 +14,13 @@ import torch
 
 from codetr.checkpoint import load_checkpoint
 from codetr.config import Config, load_config
-from codetr.export.options import DTYPES, Artifact, DimRange, ExportOptions, MsdaMode
+from codetr.export.options import Artifact, DimRange, ExportOptions, MsdaMode
 from codetr.export.pipeline import export_model, prepare_output_dir
 from codetr.export.program import largest_feature_stride
 from codetr.export.stages import ExportError
 from codetr.export.tensorrt_engine import tensorrt_available
 from codetr.export.torch_tensorrt_program import torch_tensorrt_unavailable_reason
-from codetr.models import build_model
+from codetr.models import DTYPES, build_model
 from codetr.tensorrt.torch_tensorrt import CompileMode
 
 logger = logging.getLogger("codetr.export")

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import torch
 
+from codetr.models import DTYPES
 from codetr.tensorrt.torch_tensorrt import CompileMode
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
 
 class Artifact(str, enum.Enum):
     """Files an export can write, in the order they are produced."""

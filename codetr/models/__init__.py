@@ -7,7 +7,14 @@ import torch
 from codetr.config import Config
 from codetr.models.detector import CoDINO, Detections, select_detections
 
-__all__ = ["CoDINO", "Detections", "build_model", "select_detections"]
+__all__ = ["DTYPES", "CoDINO", "Detections", "build_model", "select_detections"]
+
+# The precisions a Co-DINO model runs in, by the names the command lines take.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def build_model(config: Config, seed: int | None = 0) -> CoDINO:
