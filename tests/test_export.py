@@ -26,7 +26,7 @@ from codetr.config import load_config
 from codetr.export import Artifact, DimRange, ExportError, ExportOptions, MsdaMode, export_model
 from codetr.export.cli import main
 from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
-from codetr.export.plugin_contract import (
+from codetr.contract.plugin import (
     CODETR_DOMAIN,
     CODETR_OP_TYPE,
     NVIDIA_DOMAIN,
@@ -34,7 +34,7 @@ from codetr.export.plugin_contract import (
 )
 from codetr.models import Detections, build_model
 from codetr.runtime import load_runtime
-from codetr.tensorrt.torch_tensorrt import CompileMode
+from codetr.contract.artifacts import CompileMode
 import codetr.runtime.onnxruntime  # noqa: F401  registers its Python ops before any session exists
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"

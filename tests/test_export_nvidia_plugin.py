@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
-from codetr.export.plugin_contract import (
+from codetr.contract.plugin import (
     CODETR_DOMAIN,
     CODETR_OP_TYPE,
     NVIDIA_OP_TYPE,

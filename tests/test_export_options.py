@@ -19,7 +19,7 @@ from codetr.export.program import largest_feature_stride
 from codetr.atomic import atomic_path
 from codetr.export.stages import StageLog
 from codetr.config import load_config
-from codetr.tensorrt.torch_tensorrt import CompileMode
+from codetr.contract.artifacts import CompileMode
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 

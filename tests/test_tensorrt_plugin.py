@@ -28,7 +28,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from codetr.export.plugin_contract import (
+from codetr.contract.plugin import (
     CODETR_DOMAIN,
     CODETR_DOMAIN_VERSION,
     CODETR_OP_TYPE,

@@ -112,7 +112,7 @@ def assert_same_detections(actual, expected, score_atol=1e-3, box_atol=0.5):
 def test_plugin_engine_matches_eager(plugin_library, tmp_path, cuda_graph):
     skip_unless_gpu_with("tensorrt")
     from codetr.export import ExportOptions, MsdaMode, export_model
-    from codetr.export.options import Artifact
+    from codetr.contract.artifacts import Artifact
 
     config, model, images, image_sizes, expected = tiny_setup()
     options = ExportOptions(
@@ -130,10 +130,10 @@ def test_plugin_engine_matches_eager(plugin_library, tmp_path, cuda_graph):
 @pytest.mark.parametrize("mode", ["hybrid", "full"])
 def test_torch_tensorrt_matches_eager_and_reloads(plugin_library, tmp_path, mode):
     skip_unless_gpu_with("torch_tensorrt")
-    from codetr.export.options import ExportOptions, MsdaMode
+    from codetr.contract.artifacts import CompileMode, MsdaMode
+    from codetr.export.options import ExportOptions
     from codetr.export.program import export_program, prepare_model
     from codetr.tensorrt.torch_tensorrt import (
-        CompileMode,
         compile_program,
         load_compiled,
         partition_of,

@@ -81,7 +81,8 @@ def export_hybrid(plugin_library: str) -> dict:
     from codetr.export import Artifact, ExportOptions, MsdaMode, export_model
     from codetr.export.program import example_inputs
     from codetr.models import build_model
-    from codetr.tensorrt.torch_tensorrt import CompileMode, compile_program
+    from codetr.contract.artifacts import CompileMode
+    from codetr.tensorrt.torch_tensorrt import compile_program
 
     stage.compile_program = functools.partial(compile_program, dryrun=True)
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
@@ -100,7 +101,8 @@ def export_hybrid(plugin_library: str) -> dict:
 
 
 def run(scenario: str, plugin_library: str) -> dict:
-    from codetr.tensorrt.torch_tensorrt import CompileMode, compile_program, partition_of
+    from codetr.contract.artifacts import CompileMode
+    from codetr.tensorrt.torch_tensorrt import compile_program, partition_of
 
     if scenario == "export-hybrid":
         return export_hybrid(plugin_library)

@@ -3,7 +3,8 @@
 ``export.py`` is the command line (:mod:`codetr.export.cli`); :func:`export_model` is the API.
 """
 
-from codetr.export.options import Artifact, DimRange, ExportOptions, MsdaMode
+from codetr.contract.artifacts import Artifact, MsdaMode
+from codetr.export.options import DimRange, ExportOptions
 from codetr.export.pipeline import ExportResult, export_model
 from codetr.export.stages import ExportError
 

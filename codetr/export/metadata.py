@@ -14,7 +14,7 @@ from torch.export import ExportedProgram
 import codetr
 from codetr.config import Config
 from codetr.export.options import ExportOptions
-from codetr.export.program import INPUT_NAMES, OUTPUT_NAMES
+from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
 from codetr.atomic import atomic_path
 from codetr.tensorrt.torch_tensorrt import Partition
 

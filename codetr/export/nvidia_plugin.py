@@ -2,7 +2,7 @@
 
 The stock plugin (libnvinfer_plugin) lets the ONNX build on any TensorRT 10.x/11.x without our
 plugin library, e.g. with trtexec, Triton or DeepStream. Its contract (see
-:mod:`codetr.export.plugin_contract`) wants int32 shapes and start indices, locations and
+:mod:`codetr.contract.plugin`) wants int32 shapes and start indices, locations and
 weights in value's dtype (float32 or float16 only) and returns [N, Lq, M, D]; so each node
 becomes Cast(int32) x2, Cast(value dtype) x2 where needed, the plugin node and a Reshape to
 [N, Lq, M*D]. In a float16 export the float32 sampling locations are thereby rounded to
@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from codetr.export.plugin_contract import (
+from codetr.contract.plugin import (
     CODETR_DOMAIN,
     CODETR_OP_TYPE,
     NVIDIA_DOMAIN,

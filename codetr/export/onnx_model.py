@@ -1,6 +1,6 @@
 """ONNX translation of the ExportedProgram, with MSDA as a plugin node or as standard ops.
 
-The plugin node forms are specified in :mod:`codetr.export.plugin_contract`.
+The plugin node forms are specified in :mod:`codetr.contract.plugin`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import torch
 from torch.export import ExportedProgram
 
 from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
-from codetr.export import plugin_contract as contract
-from codetr.export.options import ExportOptions, MsdaMode
-from codetr.export.program import INPUT_NAMES, OUTPUT_NAMES
+from codetr.contract import plugin as contract
+from codetr.contract.artifacts import MsdaMode
+from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
+from codetr.export.options import ExportOptions
 from codetr.atomic import atomic_path
 
-# ONNX Runtime 1.31 (and TensorRT 10's parser) read IR versions up to 10/13; onnx >= 1.20
-# writes 14 by default. Nothing here needs a newer IR than 10 (opset 18-21 era).
-IR_VERSION = 10
 
 @functools.cache
 def _codetr_opset():
@@ -32,7 +30,7 @@ def _codetr_opset():
 
 
 def _msda_plugin_node(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                      im2col_step: int = 64):
+                      im2col_step: int = contract.DEFAULT_IM2COL_STEP):
     """Translation of ``torch.ops.codetr.msda`` into the one plugin node of the contract."""
     return _codetr_opset().CodetrMSDA(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
@@ -62,7 +60,7 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
     _name_dynamic_dims(model)
     if options.msda is MsdaMode.NVIDIA:
         model = replace_with_nvidia_plugin(model)
-    model.ir_version = min(model.ir_version, IR_VERSION)
+    model.ir_version = min(model.ir_version, contract.ONNX_IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 from pathlib import Path
 
 import torch
 
+from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.models import DTYPES
-from codetr.tensorrt.torch_tensorrt import CompileMode
-
-class Artifact(str, enum.Enum):
-    """Files an export can write, in the order they are produced."""
-
-    EXPORTED_PROGRAM = "exported_program"
-    ONNX = "onnx"
-    ENGINE = "engine"
-
-
-class MsdaMode(str, enum.Enum):
-    """How multiscale deformable attention appears in the exported graphs.
-
-    PLUGIN: one ``torch.ops.codetr.msda`` node; in ONNX one ``codetr::CodetrMSDA`` node that
-    TensorRT maps to our plugin. NVIDIA: the same ExportedProgram, but the ONNX nodes are
-    NVIDIA's stock ``MultiscaleDeformableAttnPlugin_TRT`` (libnvinfer_plugin). DECOMPOSED: the
-    pure-PyTorch reference (``grid_sample``), standard ONNX ops only.
-    """
-
-    PLUGIN = "plugin"
-    NVIDIA = "nvidia"
-    DECOMPOSED = "decomposed"
-
 
 @dataclasses.dataclass(frozen=True)
 class DimRange:

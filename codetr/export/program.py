@@ -12,12 +12,9 @@ import torch
 from torch.export import Dim, ExportedProgram
 
 from codetr.config import Config
-from codetr.export.options import DimRange, ExportOptions, MsdaMode
+from codetr.contract.artifacts import MsdaMode
+from codetr.export.options import DimRange, ExportOptions
 from codetr.ops import set_msda_implementation
-
-INPUT_NAMES = ("images", "image_sizes")
-OUTPUT_NAMES = ("boxes", "scores", "labels")
-
 
 def largest_feature_stride(config: Config) -> int:
     """Stride of the coarsest feature level: the backbone's last output (stride patch * 2^index,

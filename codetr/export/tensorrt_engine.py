@@ -16,7 +16,7 @@ from types import ModuleType
 
 import onnx
 
-from codetr.export.plugin_contract import CODETR_OP_TYPE, NVIDIA_OP_TYPE
+from codetr.contract.plugin import CODETR_OP_TYPE, NVIDIA_OP_TYPE
 from codetr.atomic import atomic_path
 from codetr.tensorrt.backend import check_plugin_nodes_parsable, import_tensorrt, is_tensorrt_rtx
 from codetr.tensorrt.inspect import make_recording_logger

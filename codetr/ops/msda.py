@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from codetr import _C  # noqa: F401  (loading the library registers torch.ops.codetr.*)
+try:
+    from codetr import _C  # noqa: F401  (loading the library registers torch.ops.codetr.*)
+except ImportError as error:
+    raise ImportError(
+        f"codetr's compiled library (codetr._C) cannot be loaded: {error}. Build it against the installed "
+        "torch with: bash scripts/install.sh (or pip install --no-build-isolation -e .)"
+    ) from error
 
 __all__ = ["msda"]
 

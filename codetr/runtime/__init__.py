@@ -1,5 +1,9 @@
-"""Running exported Co-DINO models: ExportedProgram, ONNX Runtime and TensorRT, one result type."""
+"""Running Co-DINO models: ExportedProgram, ONNX Runtime and TensorRT, one result type.
 
-from codetr.runtime.base import Runtime, load_runtime
+:func:`load_runtime` picks the runtime for a file; every runtime is a :class:`Runtime`.
+"""
+
+from codetr.runtime.base import Runtime
+from codetr.runtime.loader import load_runtime
 
 __all__ = ["Runtime", "load_runtime"]

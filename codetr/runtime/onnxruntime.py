@@ -17,8 +17,7 @@ import onnxruntime
 import torch
 
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda, which the Python MSDA op calls
-from codetr.export.onnx_model import IR_VERSION
-from codetr.export.plugin_contract import CODETR_DOMAIN, CODETR_OP_TYPE
+from codetr.contract.plugin import CODETR_DOMAIN, CODETR_OP_TYPE, DEFAULT_IM2COL_STEP, ONNX_IR_VERSION
 from codetr.models import Detections
 from codetr.runtime.base import Runtime, check_inputs
 
@@ -44,7 +43,7 @@ class OnnxRuntime(Runtime):
 
             session_options.register_custom_ops_library(get_library_path())
         # onnx may write a newer IR version than this ONNX Runtime reads.
-        model.ir_version = min(model.ir_version, IR_VERSION)
+        model.ir_version = min(model.ir_version, ONNX_IR_VERSION)
         self.session = onnxruntime.InferenceSession(
             model.SerializeToString(), session_options, providers=providers or ["CPUExecutionProvider"]
         )
@@ -101,7 +100,7 @@ def _python_msda(value, spatial_shapes, level_start_index, sampling_locations, a
         torch.from_numpy(level_start_index),
         torch.from_numpy(sampling_locations),
         torch.from_numpy(attention_weights),
-        int(attributes.get("im2col_step", 64)),
+        int(attributes.get("im2col_step", DEFAULT_IM2COL_STEP)),
     )
     return output.numpy()
 

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+from codetr.contract.plugin import CODETR_OP_TYPE, CODETR_PLUGIN_NAMESPACE, CODETR_PLUGIN_VERSION
+
 PACKAGE_LIBRARY = Path(__file__).resolve().parent.parent / "lib" / "libcodetr_msda_trt.so"
 _INFO_PATTERN = re.compile(r"(\S+) (\S+) (\S+); TensorRT headers (\d+)\.(\d+)\.(\d+)")
 
@@ -88,15 +90,7 @@ def check_plugin_library(info: PluginLibraryInfo, trt: ModuleType) -> None:
 
 def _contract_identity() -> tuple[str, str, str]:
     """(name, version, namespace) of our plugin as the ONNX export names it."""
-    # Imported here, not at the top: codetr.export's package imports this module while it
-    # initialises, so a top-level import would be circular.
-    from codetr.export import plugin_contract
-
-    return (
-        plugin_contract.CODETR_OP_TYPE,
-        plugin_contract.CODETR_PLUGIN_VERSION,
-        plugin_contract.CODETR_PLUGIN_NAMESPACE,
-    )
+    return (CODETR_OP_TYPE, CODETR_PLUGIN_VERSION, CODETR_PLUGIN_NAMESPACE)
 
 
 _registered: dict[tuple[int, Path], PluginLibraryInfo] = {}

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from codetr.export.plugin_contract import (
+from codetr.contract.plugin import (
     CODETR_OP_TYPE,
     CODETR_PLUGIN_NAMESPACE,
     CODETR_PLUGIN_VERSION,

@@ -24,16 +24,12 @@ import torch
 
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda
 from codetr.atomic import atomic_path
+from codetr.contract.artifacts import CompileMode
+from codetr.contract.plugin import CODETR_OP_TYPE, CODETR_PLUGIN_NAMESPACE, CODETR_PLUGIN_VERSION, DEFAULT_IM2COL_STEP
 from codetr.tensorrt.plugin import register_plugin_library
 
 MSDA_OP = torch.ops.codetr.msda.default
 _PLUGIN_VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-DEFAULT_IM2COL_STEP = 64
-
-
-class CompileMode(str, enum.Enum):
-    HYBRID = "hybrid"
-    FULL = "full"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +86,6 @@ def _convert_msda(ctx, target, args, kwargs, name):
         cast_trt_tensor,
         get_trt_tensor,
         set_layer_name,
-    )
-
-    from codetr.export.plugin_contract import (
-        CODETR_OP_TYPE,
-        CODETR_PLUGIN_NAMESPACE,
-        CODETR_PLUGIN_VERSION,
     )
 
     im2col_step = args[5] if len(args) > 5 else kwargs.get("im2col_step", DEFAULT_IM2COL_STEP)

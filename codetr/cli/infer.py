@@ -1,4 +1,4 @@
-"""``python -m codetr infer``: detect objects in an image or a folder of images.
+"""``codetr infer``: detect objects in an image or a folder of images.
 
 Writes, into the output folder, one ``<stem>.jpg`` per input with the boxes and class names
 drawn, and ``results.json`` (COCO results format, boxes in original pixels) plus
@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("infer", help="detect objects in images, draw them, write COCO JSON")
     parser.add_argument("--config", required=True, type=Path, help="configs/*.toml")
     parser.add_argument("--checkpoint", type=Path, help="official .pth (either layout) or our own; omitted = random weights")
     parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring above this (default 0.3)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    return parser
 
 
 def list_images(source: Path) -> list[Path]:

@@ -16,11 +16,18 @@ inputs but spatial_shapes/level_start_index int32 and all float inputs in value'
 
 import onnx
 
+ONNX_IR_VERSION = 10
+"""IR version of every ONNX file codetr writes: ONNX Runtime 1.31 reads up to 13 and TensorRT 10's
+parser up to 10, while onnx >= 1.20 writes 14 by default; nothing here needs more than 10."""
+
+
 CODETR_OP_TYPE = "CodetrMSDA"
 CODETR_DOMAIN = "codetr"
 CODETR_DOMAIN_VERSION = 1
 CODETR_PLUGIN_VERSION = "1"
 CODETR_PLUGIN_NAMESPACE = "codetr"
+DEFAULT_IM2COL_STEP = 64
+"""im2col_step of Deformable-DETR's op; the kernels ignore it (any positive value gives the same result)."""
 
 NVIDIA_OP_TYPE = "MultiscaleDeformableAttnPlugin_TRT"
 NVIDIA_PLUGIN_VERSION = "2"
@@ -45,7 +52,7 @@ def register_codetr_msda_schema() -> None:
             CODETR_OP_TYPE,
             CODETR_DOMAIN,
             CODETR_DOMAIN_VERSION,
-            "Multiscale deformable attention (Deformable DETR); see codetr.export.plugin_contract.",
+            "Multiscale deformable attention (Deformable DETR); see codetr.contract.plugin.",
             inputs=[
                 schema.FormalParameter("value", "T", "[B, S, M, D]"),
                 schema.FormalParameter("spatial_shapes", "tensor(int64)", "[L, 2] (H, W) per level"),

@@ -1,4 +1,4 @@
-"""Command line of ``export.py``: options -> model -> :func:`codetr.export.export_model`."""
+"""``codetr export`` (and ``export.py``): options -> model -> :func:`codetr.export.export_model`."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import torch
 
 from codetr.checkpoint import load_checkpoint
 from codetr.config import Config, load_config
-from codetr.export.options import Artifact, DimRange, ExportOptions, MsdaMode
+from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
+from codetr.export.options import DimRange, ExportOptions
 from codetr.export.pipeline import export_model, prepare_output_dir
 from codetr.export.program import largest_feature_stride
 from codetr.export.stages import ExportError
 from codetr.export.tensorrt_engine import tensorrt_available
 from codetr.export.torch_tensorrt_program import torch_tensorrt_unavailable_reason
 from codetr.models import DTYPES, build_model
-from codetr.tensorrt.torch_tensorrt import CompileMode
 
 logger = logging.getLogger("codetr.export")
 
@@ -30,9 +30,10 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "codetr" / "tensorrt_timing.cach
 AUTO_ARTIFACTS = "auto"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="export.py",
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to ExportedProgram, ONNX, TensorRT engine, ...",
         description="Export a Co-DINO model to an ExportedProgram (.pt2), ONNX and a TensorRT engine.",
     )
     parser.add_argument("--output", type=Path, required=True, help="output directory (created if missing)")
@@ -70,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timing-cache", type=Path, default=DEFAULT_TIMING_CACHE,
                         help="TensorRT timing cache, reused and updated (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
-    parser.add_argument("--verbose", action="store_true", help="also log TensorRT's and the exporters' details")
     return parser
 
 
@@ -168,7 +168,7 @@ def _warn_random_weights(seed: int) -> None:
 RESTARTED_FOR_RTX = "CODETR_EXPORT_RESTARTED_FOR_RTX"
 
 
-def _restart_with_rtx_link_dir(options: ExportOptions, argv: Sequence[str] | None) -> None:
+def _restart_with_rtx_link_dir(options: ExportOptions, process_argv: Sequence[str] | None) -> None:
     """Make TensorRT-RTX's ONNX parser able to import our plugin nodes.
 
     The parser dlopens ``libtensorrt_rtx.so`` (unversioned; the wheel ships only ``.so.1``)
@@ -183,24 +183,15 @@ def _restart_with_rtx_link_dir(options: ExportOptions, argv: Sequence[str] | Non
     try:
         check_plugin_nodes_parsable(import_tensorrt())
     except RuntimeError:
-        if argv is not None or os.environ.get(RESTARTED_FOR_RTX):
+        if process_argv is None or os.environ.get(RESTARTED_FOR_RTX):
             raise  # called as a function, or the restart did not help: report the reason
         library_path = os.pathsep.join(filter(None, [str(rtx_link_dir()), os.environ.get("LD_LIBRARY_PATH")]))
         logger.info("restarting with LD_LIBRARY_PATH=%s for TensorRT-RTX's ONNX parser", library_path)
         environment = dict(os.environ, LD_LIBRARY_PATH=library_path, **{RESTARTED_FOR_RTX: "1"})
-        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
+        os.execve(sys.executable, [sys.executable, "-m", "codetr", *process_argv], environment)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Progress from codetr; other libraries (the ONNX optimizer is chatty) only warn, unless --verbose.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")
-    logging.getLogger("codetr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    if not args.verbose:
-        # The ONNX optimizer warns about every constant it declines to fold.
-        logging.getLogger("onnxscript").setLevel(logging.ERROR)
+def run(args: argparse.Namespace) -> int:
     try:
         if args.checkpoint is not None and not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
@@ -210,9 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device available; use --device cpu")
         prepare_output_dir(args.output)
-        _restart_with_rtx_link_dir(options, argv)
-    except (ValueError, OSError, RuntimeError) as error:
-        parser.error(str(error))
+        _restart_with_rtx_link_dir(options, args.process_argv)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from None
 
     try:
         model = build_model(config, seed=args.seed)

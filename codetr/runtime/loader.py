@@ -1,0 +1,40 @@
+"""``load_runtime(path)``: the runtime for any exported artifact, chosen by the artifact table."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from codetr.contract.artifacts import Artifact, identify_artifact
+from codetr.contract.metadata import ExportMetadata, metadata_path_for, read_metadata
+from codetr.runtime.base import Runtime
+
+RUNTIMES: dict[Artifact, str] = {
+    Artifact.EXPORTED_PROGRAM: "codetr.runtime.exported_program:ExportedProgramRuntime",
+    Artifact.ONNX: "codetr.runtime.onnxruntime:OnnxRuntime",
+    Artifact.ENGINE: "codetr.runtime.tensorrt:TensorRTRuntime",
+}
+"""The runtime class of each artifact, imported only when such a file is loaded (each needs its own
+optional packages)."""
+
+
+def load_runtime(path: str | Path, **options) -> Runtime:
+    """The runtime for the exported file at ``path``; ``options`` go to its constructor.
+
+    The export's ``metadata.json`` beside the file, when present, identifies the artifact and is
+    handed to the runtime, which then checks every input against it. Raises FileNotFoundError for
+    a missing file and ValueError for a file that is none of the artifacts.
+    """
+    path = Path(path)
+    metadata = _metadata_beside(path)
+    artifact = identify_artifact(path, metadata.files if metadata else None)
+    if artifact not in RUNTIMES:
+        raise ValueError(f"{path}: {artifact.value} artifacts cannot be run by this codetr")
+    module_name, class_name = RUNTIMES[artifact].split(":")
+    runtime_class = getattr(importlib.import_module(module_name), class_name)
+    return runtime_class(path, metadata=metadata, **options)
+
+
+def _metadata_beside(path: Path) -> ExportMetadata | None:
+    metadata_path = metadata_path_for(path)
+    return read_metadata(metadata_path) if metadata_path.is_file() else None
