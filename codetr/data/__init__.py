@@ -1,0 +1,1 @@
+"""Images and datasets: reading any image as 8-bit RGB, COCO-format datasets, generated data."""
