@@ -121,3 +121,15 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||actual - expected|| / ||expected|| in float64 (the peers file's error measure)."""
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory):
+    """A generated COCO-format dataset (``codetr data synthetic``): 6 train and 4 val images of
+    128x128, seed 0, 8 classes, in the generated layout (annotations/instances_{train,val}.json,
+    train/, val/). Session-scoped and shared: treat it as read-only."""
+    from codetr.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "dataset"
+    generate_dataset(root, train_images=6, val_images=4, size=(128, 128), seed=0)
+    return root
