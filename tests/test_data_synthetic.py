@@ -135,7 +135,8 @@ def test_sizes_cover_coco_area_ranges_and_some_objects_are_cut_or_covered():
     assert all(1 <= len(image_objects) <= 12 for image_objects in rendered)
 
 
-def test_fewer_classes_uses_the_first_k(tmp_path):
+def test_fewer_classes_uses_the_first_k_into_an_empty_folder(tmp_path):
+    (tmp_path / "d").mkdir()
     generate_dataset(tmp_path / "d", 4, 0, (64, 64), seed=1, num_classes=3)
     coco = json.loads((tmp_path / "d" / "annotations" / "instances_train.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["disc", "square", "triangle"]

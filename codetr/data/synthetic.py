@@ -50,7 +50,7 @@ MIN_VISIBLE = 0.5
 """Smallest fraction of an object's pixels that stays visible (in the image, not occluded)."""
 
 MIN_VISIBLE_PIXELS = 16
-"""Smallest visible pixel count of an object (a sliver below this is not placed)."""
+"""Smallest visible pixel count of a partly hidden object (no slivers)."""
 
 MIN_DIAMETER = 8.0
 """Smallest object diameter in pixels."""
@@ -267,18 +267,18 @@ def render_image(seed: int, split: str, index: int, height: int, width: int, num
         coverage = _coverage(_outline(shape.name, rng), diameter, angle, rng.uniform(-0.5, 0.5, 2), canvas)
         solid = coverage >= 0.5
         full = int(solid.sum())
-        margin = canvas // 2 if rng.uniform() < TRUNCATED_SHARE else 0
+        # the first object stays inside the image: every image has one object at least
+        margin = canvas // 2 if labels and rng.uniform() < TRUNCATED_SHARE else 0
         for _ in range(PLACEMENT_TRIES):
             top = int(rng.integers(-margin, height - canvas + margin + 1))
             left = int(rng.integers(-margin, width - canvas + margin + 1))
             inside = (slice(max(top, 0), min(top + canvas, height)), slice(max(left, 0), min(left + canvas, width)))
             local = solid[inside[0].start - top:inside[0].stop - top, inside[1].start - left:inside[1].stop - left]
             shown = int(local.sum())
-            if shown < max(MIN_VISIBLE * full, MIN_VISIBLE_PIXELS):
+            if not _visible_enough(shown, full):
                 continue
             covered = np.bincount(owner[inside][local] + 1, minlength=len(labels) + 1)[1:]
-            if all(visible_pixels[i] - covered[i] >= MIN_VISIBLE * full_pixels[i] and
-                   visible_pixels[i] - covered[i] >= MIN_VISIBLE_PIXELS for i in np.flatnonzero(covered)):
+            if all(_visible_enough(visible_pixels[i] - int(covered[i]), full_pixels[i]) for i in np.flatnonzero(covered)):
                 break
         else:
             continue  # no room for it
@@ -303,6 +303,12 @@ def render_image(seed: int, split: str, index: int, height: int, width: int, num
         bbox = (float(x0 + cols[0]), float(y0 + rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1))
         objects.append(SyntheticObject(label, bbox, int(mine.sum())))
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), objects
+
+
+def _visible_enough(visible: int, full: int) -> bool:
+    """Whether an object of ``full`` pixels, ``visible`` of them shown, stays annotatable (always
+    true for a fully visible one, so the first object of an image placed inside it is never dropped)."""
+    return visible >= MIN_VISIBLE * full and visible >= min(full, MIN_VISIBLE_PIXELS)
 
 
 def _render_and_save(job: _Job) -> list[SyntheticObject]:
