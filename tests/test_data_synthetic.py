@@ -96,7 +96,7 @@ def test_boxes_are_tight_and_classes_have_their_hue(rendered):
             # tight: each edge row/column shows the object (edge pixels are half covered, some in the
             # texture's darker shade: weaker thresholds), the frame 2 px outside (not covered at all) does not
             edges = [pixels[y, x:x + w], pixels[y + h - 1, x:x + w], pixels[y:y + h, x], pixels[y:y + h, x + w - 1]]
-            assert all((hue_distance(saturated_hues(edge[None], 0.33, 0.12), hue) < 30).any() for edge in edges)
+            assert all((hue_distance(saturated_hues(edge[None], 0.25, 0.12), hue) < 30).any() for edge in edges)
             frame = [pixels[y - 2, x - 2:x + w + 2], pixels[y + h + 1, x - 2:x + w + 2],
                      pixels[y - 2:y + h + 2, x - 2], pixels[y - 2:y + h + 2, x + w + 1]]
             assert not any((hue_distance(saturated_hues(side[None]), hue) < 30).any() for side in frame)
