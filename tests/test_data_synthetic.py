@@ -194,3 +194,10 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path / "out", 4, 2, (64, 64), seed=0, workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synthetic", "--output", ".", "--train-images", "1", "--val-images", "1"]) == 2
+    assert "holds the current folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

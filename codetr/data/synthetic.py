@@ -19,8 +19,10 @@ Annotation conventions (COCO's, for a detector trained and evaluated with COCO's
 - Background clutter (lines, arcs, irregular blobs) is grey-ish, never a class shape or hue.
 
 Each image is rendered from its own random generator seeded by (seed, split, index), so the
-output is byte-identical for a seed whatever the number of worker processes. Images are JPEG
-(quality 95, no chroma subsampling), named ``{image_id:012d}.jpg`` as COCO's are.
+output is byte-identical for a seed whatever the number of worker processes (numpy's generator
+streams and Pillow's JPEG encoder may change between their versions: regenerate rather than
+compare datasets across installations). Images are JPEG (quality 95, no chroma subsampling),
+named ``{image_id:012d}.jpg`` as COCO's are; image and annotation ids count from 1 per split.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +113,8 @@ class SyntheticObject(NamedTuple):
 
 
 class SplitSummary(NamedTuple):
+    """What :func:`generate_dataset` wrote for one split."""
+
     split: str
     images: int
     objects: int
@@ -323,8 +328,8 @@ def image_file_name(image_id: int) -> str:
     return f"{image_id:012d}.jpg"
 
 
-def check_arguments(train_images: int, val_images: int, size: Sequence[int], num_classes: int) -> None:
-    """ValueError naming the option for counts, sizes or class counts out of range."""
+def check_arguments(train_images: int, val_images: int, size: Sequence[int], num_classes: int, workers: int) -> None:
+    """ValueError naming the option for image counts, sizes, class or worker counts out of range."""
     for option, count in (("--train-images", train_images), ("--val-images", val_images)):
         if count < 0:
             raise ValueError(f"{option} must be >= 0, got {count}")
@@ -334,6 +339,8 @@ def check_arguments(train_images: int, val_images: int, size: Sequence[int], num
         raise ValueError(f"--size must be two integers H W in [{MIN_SIZE}, {MAX_SIZE}], got {' '.join(map(str, size))}")
     if not 1 <= num_classes <= len(CLASSES):
         raise ValueError(f"--classes must be in [1, {len(CLASSES)}], got {num_classes}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
 
 
 def generate_dataset(output: Path, train_images: int, val_images: int, size: Sequence[int], seed: int,
@@ -349,12 +356,11 @@ def generate_dataset(output: Path, train_images: int, val_images: int, size: Seq
     arguments and FileExistsError for an occupied ``output``.
     """
     output = Path(output)
-    check_arguments(train_images, val_images, size, num_classes)
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    check_arguments(train_images, val_images, size, num_classes, workers)
     _check_output(output, overwrite)
     height, width = size
-    staging = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    absolute = output.resolve()
+    staging = absolute.with_name(f".{absolute.name}.{os.getpid()}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         (staging / "annotations").mkdir(parents=True)
@@ -372,15 +378,13 @@ def generate_dataset(output: Path, train_images: int, val_images: int, size: Seq
             summaries.append(SplitSummary(split, count, len(coco["annotations"])))
             logger.info("%s: %d images, %d objects in %.1f s", split, count, len(coco["annotations"]),
                         time.perf_counter() - started)
-        _move_into_place(staging, output)
+        _move_into_place(staging, absolute)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summaries
 
 
 def _run_jobs(jobs: list[_Job], workers: int, progress: bool, desc: str) -> Iterator[list[SyntheticObject]]:
-    from tqdm import tqdm
-
     with tqdm(total=len(jobs), desc=desc, unit="image", disable=not progress) as bar:
         if workers == 1 or len(jobs) == 1:
             for job in jobs:
@@ -418,6 +422,10 @@ _DATASET_ENTRIES = {"annotations", *SPLITS}
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
+    here = Path.cwd()
+    if output.resolve() in (here, *here.parents):
+        raise ValueError(f"--output {output} holds the current folder, but a finished dataset replaces the "
+                         f"output folder: name a folder outside it")
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} exists and is not a folder")
     if not output.is_dir() or not any(output.iterdir()):
@@ -433,7 +441,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
 def _move_into_place(staging: Path, output: Path) -> None:
     """Rename the finished dataset to ``output``; an existing (checked) one goes only after that succeeds."""
     if output.is_dir() and any(output.iterdir()):
-        retired = output.with_name(f".{output.name}.{os.getpid()}.old")
+        retired = staging.with_suffix(".old")
         os.replace(output, retired)
         os.replace(staging, output)
         shutil.rmtree(retired)
