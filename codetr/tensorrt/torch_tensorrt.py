@@ -7,8 +7,8 @@ FULL    a converter maps ``torch.ops.codetr.msda`` to our IPluginV3 layer
         longer splits the graph and the model can become a single TensorRT engine.
 
 :func:`partition_of` reports the result (TensorRT vs PyTorch segments); :func:`save_compiled`
-and :func:`load_compiled` store and restore a compiled program. Needs ``torch-tensorrt``
-(optional extra); nothing here imports it before it is used.
+stores a compiled program, which :class:`codetr.runtime.torch_tensorrt.TorchTensorRTRuntime`
+runs. Needs ``torch-tensorrt`` (optional extra); nothing here imports it before it is used.
 """
 
 from __future__ import annotations
@@ -183,22 +183,3 @@ def save_compiled(
     with atomic_path(path) as temporary:
         torch_tensorrt.save(module, str(temporary), output_format="exported_program", arg_inputs=list(example_inputs))
     return path
-
-
-def load_compiled(path: str | Path, plugin_library: Path | None = None) -> torch.nn.Module:
-    """Load a module saved by :func:`save_compiled`, ready to call.
-
-    The msda op is registered by importing codetr.ops; the plugin library is registered
-    (when given or present in the package) so FULL-mode engines deserialize.
-    """
-    import tensorrt
-    import torch_tensorrt
-
-    from codetr.tensorrt.plugin import PACKAGE_LIBRARY
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no compiled program at {path}")
-    if plugin_library is not None or PACKAGE_LIBRARY.is_file():
-        register_plugin_library(tensorrt, plugin_library)
-    return torch_tensorrt.load(str(path)).module()
