@@ -63,34 +63,7 @@ class OnnxRuntime(Runtime):
         if not isinstance(model, onnx.ModelProto):
             model = onnx.load(str(model))
         providers = providers or _providers_for(resolve_device(device or "cpu"))
-        session_options = onnxruntime.SessionOptions()
-        if any(node.op_type == NVIDIA_OP_TYPE for node in model.graph.node):
-            raise OnnxRuntimeUnsupportedError(
-                f"{where}: has NVIDIA's {NVIDIA_OP_TYPE} plugin nodes (--msda nvidia), which only TensorRT "
-                "runs; run the TensorRT engine, or export with --msda plugin or --msda decomposed for ONNX Runtime"
-            )
-        if any(node.domain == CODETR_DOMAIN for node in model.graph.node):
-            if not _PYTHON_MSDA_REGISTERED:
-                raise ImportError(
-                    f"{where} has codetr::CodetrMSDA plugin nodes; running them in ONNX Runtime "
-                    "needs onnxruntime-extensions (pip install onnxruntime-extensions), or export with "
-                    "--msda decomposed"
-                )
-            model = with_python_msda(model)
-            from onnxruntime_extensions import get_library_path
-
-            session_options.register_custom_ops_library(get_library_path())
-        # onnx may write a newer IR version than this ONNX Runtime reads.
-        model.ir_version = min(model.ir_version, ONNX_IR_VERSION)
-        try:
-            self.session = onnxruntime.InferenceSession(model.SerializeToString(), session_options, providers=providers)
-        except (onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented,
-                onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph) as error:
-            raise OnnxRuntimeUnsupportedError(
-                f"{where}: ONNX Runtime {onnxruntime.__version__} with {', '.join(providers)} cannot run this "
-                f"model: {str(error).splitlines()[0]}. Run the export's model.pt2 or TensorRT engine instead, "
-                "or export with --dtype float32 or float16 for ONNX Runtime"
-            ) from None
+        self.session = create_session(model, providers, where)
         self.device = torch.device("cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu")
         self.input_names = [value.name for value in self.session.get_inputs()]
 
@@ -102,6 +75,45 @@ class OnnxRuntime(Runtime):
         }
         boxes, scores, labels = self.session.run(None, feeds)
         return Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels))
+
+
+def create_session(
+    model: onnx.ModelProto, providers: list, where: str = "the ONNX model"
+) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session over a copy of ``model`` that ONNX Runtime can run: plugin nodes
+    as the float32 Python op (:func:`with_python_msda`), IR version clamped. Raises
+    :class:`OnnxRuntimeUnsupportedError` naming ``where`` for NVIDIA plugin nodes and for graphs
+    the providers have no kernels for; ImportError without onnxruntime-extensions."""
+    session_options = onnxruntime.SessionOptions()
+    if any(node.op_type == NVIDIA_OP_TYPE for node in model.graph.node):
+        raise OnnxRuntimeUnsupportedError(
+            f"{where}: has NVIDIA's {NVIDIA_OP_TYPE} plugin nodes (--msda nvidia), which only TensorRT "
+            "runs; run the TensorRT engine, or export with --msda plugin or --msda decomposed for ONNX Runtime"
+        )
+    if any(node.domain == CODETR_DOMAIN for node in model.graph.node):
+        if not _PYTHON_MSDA_REGISTERED:
+            raise ImportError(
+                f"{where} has codetr::CodetrMSDA plugin nodes; running them in ONNX Runtime "
+                "needs onnxruntime-extensions (pip install onnxruntime-extensions), or export with "
+                "--msda decomposed"
+            )
+        model = with_python_msda(model)
+        from onnxruntime_extensions import get_library_path
+
+        session_options.register_custom_ops_library(get_library_path())
+    if model.ir_version > ONNX_IR_VERSION:  # onnx may write a newer IR version than ONNX Runtime reads
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.ir_version = ONNX_IR_VERSION
+    try:
+        return onnxruntime.InferenceSession(model.SerializeToString(), session_options, providers=providers)
+    except (onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented,
+            onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph) as error:
+        names = ", ".join(provider if isinstance(provider, str) else provider[0] for provider in providers)
+        raise OnnxRuntimeUnsupportedError(
+            f"{where}: ONNX Runtime {onnxruntime.__version__} with {names} cannot run this "
+            f"model: {str(error).splitlines()[0]}. Run the export's model.pt2 or TensorRT engine instead, "
+            "or export with --dtype float32 or float16 for ONNX Runtime"
+        ) from None
 
 
 def _providers_for(device: torch.device) -> list[str]:
