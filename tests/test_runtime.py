@@ -196,3 +196,17 @@ def test_inputs_the_metadata_allows_run(make_runtime, metadata_document, kind: s
     images = torch.arange(3 * 96 * 64, dtype=torch.float32).reshape(1, 3, 96, 64)
     detections = runtime(images, torch.tensor([[96, 64]]))
     assert detections.labels.reshape(-1)[0] == 96  # the stand-ins return image_sizes as labels
+
+
+def test_runtimes_do_not_load_the_exporter() -> None:
+    """A deployed runtime must not load the exporter (layer rule: export and runtime are siblings)."""
+    import subprocess
+    import sys
+
+    modules = ["codetr.runtime.predictor", "codetr.runtime.exported_program", "codetr.runtime.onnxruntime",
+               "codetr.runtime.tensorrt", "codetr.runtime.torch_tensorrt", "codetr.cli.infer"]
+    script = f"import sys\nfor name in {modules!r}: __import__(name)\nprint(sorted(m for m in sys.modules if m.startswith('codetr.export')))"
+    child = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == "[]"

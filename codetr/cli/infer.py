@@ -58,7 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "infer",
         help="detect objects in images with an exported model or the PyTorch model; draw them, write COCO JSON",
-        description=__doc__.split("\n\n")[0],
+        description="Detect objects in an image or a folder of images with an exported artifact (--model, "
+        "its metadata.json beside it) or the eager PyTorch model (--config, --checkpoint). Writes "
+        "<input file name>.jpg drawings, results.json (COCO results) and images.json (COCO images "
+        "entries: which file each image_id is) into --output, which must not be the input folder.",
     )
     source = parser.add_argument_group("model (give --model, or --config with an optional --checkpoint)")
     source.add_argument("--model", type=Path, help="an exported artifact: model.pt2, model.onnx, model.engine, "

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from codetr.config import Config, NmsConfig, PreprocessConfig, TestConfig, load_config
-from codetr.contract.metadata import MetadataError
+from codetr.contract.metadata import MetadataError, metadata_path_for, read_metadata
 from codetr.postprocess import ImageDetections, postprocess
 from codetr.preprocess import make_batch
 from codetr.runtime.base import Runtime
@@ -51,21 +51,23 @@ class Predictor:
         runs); ``device`` and ``runtime_options`` go to its runtime. Raises FileNotFoundError
         when no ``metadata.json`` lies beside it (it holds the pre-processing the exported input
         needs) and MetadataError (a ValueError) when it is malformed."""
-        if device is not None:
-            runtime_options["device"] = device
         path = Path(path)
-        runtime = load_runtime(path, **runtime_options)
-        metadata = runtime.metadata
-        if metadata is None:
+        metadata_path = metadata_path_for(path)
+        if not metadata_path.is_file():
             raise FileNotFoundError(
                 f"no metadata.json beside {path}: it holds the pre-processing, input size and class names "
                 "the model needs; keep the export folder together (codetr export writes it)"
             )
-        where = metadata.path or path
+        # Checked before the (slow) model load, so a bad document fails at once.
+        metadata = read_metadata(metadata_path)
+        preprocess = _dataclass_from(PreprocessConfig, metadata.preprocessing, f"{metadata_path}: preprocessing")
+        test = _test_config(metadata.postprocessing, f"{metadata_path}: postprocessing")
+        if device is not None:
+            runtime_options["device"] = device
         return cls(
-            runtime=runtime,
-            preprocess=_dataclass_from(PreprocessConfig, metadata.preprocessing, f"{where}: preprocessing"),
-            test=_test_config(metadata.postprocessing, f"{where}: postprocessing"),
+            runtime=load_runtime(path, **runtime_options),
+            preprocess=preprocess,
+            test=test,
             class_names=metadata.class_names,
             category_ids=metadata.category_ids,
             random_weights=metadata.random_weights,
