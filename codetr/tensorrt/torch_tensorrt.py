@@ -13,9 +13,10 @@ runs. Needs ``torch-tensorrt`` (optional extra); nothing here imports it before 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import enum
 import inspect
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,26 @@ from codetr.contract.plugin import CODETR_OP_TYPE, CODETR_PLUGIN_NAMESPACE, CODE
 from codetr.tensorrt.plugin import register_plugin_library
 
 MSDA_OP = torch.ops.codetr.msda.default
+
+
+def torch_tensorrt_unavailable_reason() -> str | None:
+    """Why ``torch_tensorrt`` cannot be used here, or None when it imports.
+
+    Catches every exception: besides ImportError/OSError, Torch-TensorRT-RTX raises a plain
+    ``Exception`` ("Could not find libtensorrt_rtx.so.1") when TensorRT-RTX's libraries are not
+    on the library path.
+    """
+    try:
+        # Torch-TensorRT prints its own import failures; the reason returned here replaces them.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import torch_tensorrt  # noqa: F401
+    except Exception as error:
+        first_line = next(iter(str(error).splitlines()), "")
+        return (
+            f"torch_tensorrt cannot be imported ({type(error).__name__}: {first_line}); install "
+            "torch-tensorrt matching this torch (it needs TensorRT 10.x/11.x and a CUDA GPU)"
+        )
+    return None
 _PLUGIN_VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -139,6 +160,7 @@ def compile_program(
     optimization_level: int = 3,
     min_block_size: int = 1,
     plugin_library: Path | None = None,
+    allow_tf32: bool = False,
     dryrun: bool = False,
 ) -> torch.fx.GraphModule:
     """Compile ``program`` with Torch-TensorRT in ``mode`` (see the module docstring).
@@ -147,7 +169,8 @@ def compile_program(
     positional inputs. The network keeps the program's dtypes (explicit typing). FULL mode
     registers the plugin library (default: the package's copy) and the converter, and fails
     loudly instead of silently falling back to PyTorch when a conversion fails. ``dryrun``
-    partitions without building engines (see :func:`partition_of`).
+    partitions without building engines (see :func:`partition_of`). ``allow_tf32`` False
+    (default) keeps float32 layers IEEE float32 (Torch-TensorRT's ``disable_tf32``).
     """
     import torch_tensorrt
 
@@ -157,6 +180,7 @@ def compile_program(
         "min_block_size": min_block_size,
         "optimization_level": optimization_level,
         "dryrun": dryrun,
+        "disable_tf32": not allow_tf32,
     }
     if mode is CompileMode.HYBRID:
         options["torch_executed_ops"] = {MSDA_OP}
