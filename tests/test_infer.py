@@ -261,7 +261,7 @@ def test_exported_model_runs_from_its_metadata(tmp_path, tiny_float16_export, ca
     output = tmp_path / "out"
     model = tiny_float16_export / "model.onnx"
     assert infer("--model", str(model), "--input", str(inputs), "--output", str(output), "--score-threshold", "0.1", "--batch-size", "2") == 0
-    assert "float16 on the CPU: many times slower" in caplog.text
+    assert "float16 and bfloat16 run many times slower than float32 on a CPU" in caplog.text
     images = json.loads((output / "images.json").read_text())
     assert [entry["file_name"] for entry in images] == ["a.png", "b.png"]
     results = json.loads((output / "results.json").read_text())
@@ -274,8 +274,10 @@ def test_exported_model_runs_from_its_metadata(tmp_path, tiny_float16_export, ca
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
     inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80)})
-    assert eager(inputs, tmp_path / "out", "--device", "cuda") == 2
-    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error exit
+        eager(inputs, tmp_path / "out", "--device", "cuda")
+    assert exit_.value.code == 2
+    assert "argument --device: cuda: no CUDA GPU is visible; use --device cpu" in capsys.readouterr().err
 
 
 def test_option_errors(tmp_path, capsys):

@@ -43,6 +43,7 @@ from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from codetr.atomic import atomic_path
+from codetr.cli.common import FLOAT16_ON_CPU, device_type, warn_random_weights
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
 from codetr.models import DTYPES
 from codetr.postprocess import ImageDetections, coco_results
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - detections are meaningless"
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of the eager model's random weights without --checkpoint (codetr.models.build_model's default)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -82,7 +85,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"image-decoding worker processes, 0 = decode in the main process "
                         f"(default: min(4, CPU count) = {DEFAULT_WORKERS})")
-    parser.add_argument("--device", default=None,
+    parser.add_argument("--device", type=device_type, default=None,
                         help="cpu, cuda or cuda:N (default: with --config, cuda when a GPU is visible, else cpu; "
                         "with --model, the artifact's own: model.pt2 where it was exported, ONNX cpu, "
                         "TensorRT cuda)")
@@ -102,11 +105,10 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, args.input)
     predictor = make_predictor(args)
     warn_slow_precision(predictor)
-    if predictor.random_weights:
-        logger.warning(
-            "\n%s\nRANDOM WEIGHTS: the model has no trained weights and its detections are MEANINGLESS.\n"
-            "Pass --checkpoint (or export with --checkpoint) to use trained weights.\n%s", "!" * 80, "!" * 80,
-        )
+    if predictor.random_weights and args.model is None:
+        warn_random_weights(RANDOM_WEIGHTS_SEED)
+    elif predictor.random_weights:
+        logger.warning("%s was exported without --checkpoint: RANDOM WEIGHTS, its detections are meaningless", args.model)
     args.output.mkdir(parents=True, exist_ok=True)
     image_ids = coco_image_ids(paths)
 
@@ -182,10 +184,7 @@ def make_predictor(args: argparse.Namespace) -> Predictor:
 def warn_slow_precision(predictor: Predictor) -> None:
     dtype = predictor.runtime.metadata.dtype if predictor.runtime.metadata else str(getattr(predictor.runtime, "dtype", ""))
     if predictor.runtime.device.type == "cpu" and dtype.removeprefix("torch.") in ("float16", "bfloat16"):
-        logger.warning(
-            "running %s on the CPU: many times slower than float32 there (minutes per image for full-size "
-            "models); use a GPU, or --dtype float32 (eager) / a float32 export", dtype.removeprefix("torch.")
-        )
+        logger.warning("%s; or run --dtype float32 (eager) or a float32 export", FLOAT16_ON_CPU)
 
 
 def coco_image_ids(paths: list[Path]) -> list[int]:

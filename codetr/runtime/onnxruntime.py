@@ -24,7 +24,8 @@ import torch
 
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda, which the Python MSDA op calls
 from codetr.contract.metadata import ExportMetadata
-from codetr.contract.plugin import CODETR_DOMAIN, CODETR_OP_TYPE, DEFAULT_IM2COL_STEP, NVIDIA_OP_TYPE, ONNX_IR_VERSION
+from codetr.contract.onnx_graph import clamp_ir_version, element_types, replace_opset_import
+from codetr.contract.plugin import CODETR_DOMAIN, CODETR_OP_TYPE, DEFAULT_IM2COL_STEP, NVIDIA_OP_TYPE
 from codetr.models import Detections
 from codetr.runtime.base import Runtime, check_inputs, resolve_device
 
@@ -101,9 +102,7 @@ def create_session(
         from onnxruntime_extensions import get_library_path
 
         session_options.register_custom_ops_library(get_library_path())
-    if model.ir_version > ONNX_IR_VERSION:  # onnx may write a newer IR version than ONNX Runtime reads
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        model.ir_version = ONNX_IR_VERSION
+    clamp_ir_version(model)
     try:
         return onnxruntime.InferenceSession(model.SerializeToString(), session_options, providers=providers)
     except (onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented,
@@ -134,12 +133,7 @@ def with_python_msda(model: onnx.ModelProto) -> onnx.ModelProto:
     dtype; the node keeps its name, inputs and output names stay valid for the rest of the graph.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    inferred = onnx.shape_inference.infer_shapes(model)
-    element_types = {
-        value.name: value.type.tensor_type.elem_type
-        for value in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]
-    }
-    element_types.update({tensor.name: tensor.data_type for tensor in model.graph.initializer})
+    known_types = element_types(onnx.shape_inference.infer_shapes(model))
     nodes = []
     for original in model.graph.node:
         node = onnx.NodeProto()
@@ -148,7 +142,7 @@ def with_python_msda(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
             continue
         float_inputs = (0, 3, 4)
-        types = [element_types.get(node.input[index], onnx.TensorProto.UNDEFINED) for index in float_inputs]
+        types = [known_types.get(node.input[index], onnx.TensorProto.UNDEFINED) for index in float_inputs]
         unknown = [node.input[index] for index, kind in zip(float_inputs, types) if kind == onnx.TensorProto.UNDEFINED]
         if unknown:
             raise OnnxRuntimeUnsupportedError(f"node {node.name!r}: cannot infer the element type of {unknown}")
@@ -157,25 +151,20 @@ def with_python_msda(model: onnx.ModelProto) -> onnx.ModelProto:
                 cast_name = f"{node.name}/{node.input[index]}/float32"
                 nodes.append(onnx.helper.make_node("Cast", [node.input[index]], [cast_name], to=onnx.TensorProto.FLOAT, name=cast_name))
                 node.input[index] = cast_name
-        value_type = types[0]
-        if value_type in _HALF_TYPES:
-            output = node.output[0]
-            node.output[0] = f"{node.name}/output/float32"
-            nodes.append(node)
-            nodes.append(onnx.helper.make_node("Cast", [node.output[0]], [output], to=value_type, name=f"{node.name}/output/cast"))
-        else:
-            nodes.append(node)
         node.op_type = PYTHON_MSDA_OP_TYPE
         node.domain = CONTRIB_DOMAIN
         # Only im2col_step is declared by the Python op; the TensorRT plugin fields mean nothing here.
         kept = [attribute for attribute in node.attribute if attribute.name == "im2col_step"]
         del node.attribute[:]
         node.attribute.extend(kept)
+        if types[0] in _HALF_TYPES:  # the output has the value's type
+            output, node.output[0] = node.output[0], f"{node.name}/output/float32"
+            nodes += [node, onnx.helper.make_node("Cast", [node.output[0]], [output], to=types[0], name=f"{node.name}/output/cast")]
+        else:
+            nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    opsets = [opset for opset in model.opset_import if opset.domain != CODETR_DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend([*opsets, onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1)])
+    replace_opset_import(model, CODETR_DOMAIN, CONTRIB_DOMAIN)
     return model
 
 

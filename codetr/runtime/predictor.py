@@ -91,7 +91,7 @@ class Predictor:
 
         if not isinstance(config, Config):
             config = load_config(config)
-        model = build_model(config)
+        model = build_model(config, seed=0)
         if checkpoint is not None:
             report = load_checkpoint(model, checkpoint)
             logger.info("loaded %d tensors (%s layout) from %s", report.loaded, report.layout, checkpoint)
