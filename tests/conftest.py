@@ -173,17 +173,14 @@ def metadata_document() -> Callable[..., dict]:
 
 
 def _export_tiny(folder: Path, dtype: str, artifacts: str, *extra: str) -> Path:
-    """configs/tiny.toml exported by ``codetr export`` (random weights, plugin MSDA), with a
-    metadata.json written by the contract's writer for what was exported."""
+    """configs/tiny.toml exported by ``codetr export`` (random weights, plugin MSDA, static
+    TINY_EXPORT_SIZE square, batch 1) with the metadata.json the export writes."""
     from codetr.cli import main
-    from codetr.contract.metadata import write_metadata
 
     side = str(TINY_EXPORT_SIZE)
     arguments = ["export", "--config", str(TINY_CONFIG), "--output", str(folder), "--dtype", dtype,
                  "--height", side, "--width", side, "--artifacts", artifacts, "--msda", "plugin", *extra]
     assert main(arguments) == 0, f"codetr {' '.join(arguments)} failed"
-    files = {name: f"model.{'pt2' if name == 'exported_program' else name}" for name in artifacts.split(",")}
-    write_metadata(tiny_metadata_document(**{"precision.dtype": dtype, "files": files}), folder / "metadata.json")
     return folder
 
 
