@@ -20,7 +20,7 @@ RUNTIMES: dict[Artifact, str] = {
 optional packages). An artifact without an entry is identified but refused by name."""
 
 if importlib.util.find_spec("codetr.runtime.aoti") is not None:
-    RUNTIMES[Artifact.AOTI] = "codetr.runtime.aoti:AotiRuntime"
+    RUNTIMES[Artifact.AOTI] = "codetr.runtime.aoti:AOTIRuntime"
 
 
 def load_runtime(path: str | Path, **options) -> Runtime:
