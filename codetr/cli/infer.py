@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     paths = list_images(args.input)
     check_output(args.output, args.input)
+    # Workers start decoding now, while the model loads (and fork before its libraries start threads).
+    batches = iter(image_loader(paths, args.batch_size, args.workers))
     predictor = make_predictor(args)
     warn_slow_precision(predictor)
     if predictor.random_weights and args.model is None:
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     results, image_entries, skipped = [], [], []
     with tqdm(total=len(paths), desc="infer", unit="image", disable=len(paths) == 1) as progress:
-        for records in image_loader(paths, args.batch_size, args.workers):
+        for records in batches:
             for record in records:
                 if record.image is None:
                     skipped.append(record.path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from torch.export import ExportedProgram
+from torch.export.passes import move_to_device_pass
 
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda, which plugin-mode programs call
 from codetr.contract.metadata import ExportMetadata
@@ -39,7 +40,7 @@ class ExportedProgramRuntime(Runtime):
         exported_on = devices.pop() if len(devices) == 1 else torch.device("cpu")
         self.device = resolve_device(device) if device is not None else exported_on
         if self.device != exported_on:
-            program = torch.export.passes.move_to_device_pass(program, self.device)
+            program = move_to_device_pass(program, self.device)
         self.program = program
         self.module = program.module()
         self.allow_tf32 = allow_tf32 if allow_tf32 is not None else bool(metadata and metadata.allow_tf32)
