@@ -222,7 +222,8 @@ def test_unreadable_images_are_named_and_skipped(tmp_path, capsys):
     output = tmp_path / "out"
     assert eager(inputs, output, "--batch-size", "3") == 1
     captured = capsys.readouterr()
-    assert f"cannot decode image {inputs / 'broken.jpg'}" in captured.err + captured.out
+    assert f"skipped: cannot decode image {inputs / 'broken.jpg'}" in captured.err
+    assert f"skipped 1 unreadable image(s): {inputs / 'broken.jpg'}" in captured.err
     images = json.loads((output / "images.json").read_text())
     assert sorted(entry["file_name"] for entry in images) == ["alpha.png", "deep.png", "gray.png", "palette.png", "print.jpg"]
     assert all((entry["height"], entry["width"]) == (40, 60) for entry in images)

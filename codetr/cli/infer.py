@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             for record in records:
                 if record.image is None:
                     skipped.append(record.path)
-                    tqdm.write(f"skipped: {record.error}")
+                    tqdm.write(f"skipped: {record.error}", file=sys.stderr)
             readable = [record for record in records if record.image is not None]
             detections = predictor([record.image for record in readable], args.score_threshold) if readable else []
             for record, found in zip(readable, detections):
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.output / "images.json", image_entries, indent=1)
     print(f"{len(image_entries)} image(s), {len(results)} detection(s) -> {args.output}")
     if skipped:
-        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(str(path) for path in skipped)}")
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(str(path) for path in skipped)}", file=sys.stderr)
         return 1
     return 0
 
