@@ -38,7 +38,8 @@ class ExportedProgramRuntime(Runtime):
         tensors = [*program.state_dict.values(), *program.constants.values()]
         devices = {tensor.device for tensor in tensors if isinstance(tensor, torch.Tensor)}
         exported_on = devices.pop() if len(devices) == 1 else torch.device("cpu")
-        self.device = resolve_device(device) if device is not None else exported_on
+        # A program exported on a GPU refuses a GPU-less machine by name unless device= moves it.
+        self.device = resolve_device(device if device is not None else exported_on)
         if self.device != exported_on:
             program = move_to_device_pass(program, self.device)
         self.program = program
