@@ -6,7 +6,9 @@ Markers (declared in pyproject.toml): ``cuda`` tests skip on machines without a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -133,3 +135,75 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("synthetic") / "dataset"
     generate_dataset(root, train_images=6, val_images=4, size=(128, 128), seed=0)
     return root
+
+
+# ---- exported models and their metadata (runtime, predictor and infer tests) -------------------
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY_EXPORT_SIZE = 64
+"""Side of the square static tiny exports: a square canvas takes portrait and landscape images
+under the config's keep-ratio resize."""
+
+
+def tiny_metadata_document(**changes: object) -> dict:
+    """A codetr-export/2 metadata document for configs/tiny.toml exported static at
+    TINY_EXPORT_SIZE square, batch 1, float32; ``changes`` replace top-level sections or, with
+    dotted keys ("input.batch_size"), single values."""
+    import dataclasses
+
+    from codetr.config import load_config
+
+    config = load_config(TINY_CONFIG)
+    side = {"min": TINY_EXPORT_SIZE, "opt": TINY_EXPORT_SIZE, "max": TINY_EXPORT_SIZE}
+    preprocess = dataclasses.replace(config.preprocess, scale=(TINY_EXPORT_SIZE,) * 2, pad_size=(TINY_EXPORT_SIZE,) * 2)
+    document = {
+        "format": "codetr-export/2",
+        "model": {"config": config.name, "random_weights": True, "num_classes": config.model.num_classes,
+                  "class_names": list(config.class_names), "category_ids": list(config.coco_category_ids)},
+        "input": {"batch_size": 1, "height": dict(side), "width": dict(side), "multiple": 32, "dtype": "float32"},
+        "preprocessing": json.loads(json.dumps(dataclasses.asdict(preprocess))),
+        "postprocessing": json.loads(json.dumps(dataclasses.asdict(config.test))),
+        "precision": {"dtype": "float32", "allow_tf32": False},
+        "msda": "plugin",
+        "files": {"exported_program": "model.pt2", "onnx": "model.onnx"},
+        "skipped": {},
+        "versions": {},
+    }
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        section = document
+        for parent in parents:
+            section = section[parent]
+        section[last] = value
+    return document
+
+
+@pytest.fixture
+def metadata_document() -> Callable[..., dict]:
+    """Factory fixture: ``metadata_document(**changes)`` (see :func:`tiny_metadata_document`)."""
+    return tiny_metadata_document
+
+
+def _export_tiny(folder: Path, dtype: str, artifacts: str, *extra: str) -> Path:
+    """configs/tiny.toml exported by ``codetr export`` (random weights, plugin MSDA, static
+    TINY_EXPORT_SIZE square, batch 1) with the metadata.json the export writes."""
+    from codetr.cli import main
+
+    side = str(TINY_EXPORT_SIZE)
+    arguments = ["export", "--config", str(TINY_CONFIG), "--output", str(folder), "--dtype", dtype,
+                 "--height", side, "--width", side, "--artifacts", artifacts, "--msda", "plugin", *extra]
+    assert main(arguments) == 0, f"codetr {' '.join(arguments)} failed"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_float16_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a real float16 export of configs/tiny.toml: model.pt2, model.onnx (plugin
+    node), metadata.json (static 64x64, batch 1)."""
+    return _export_tiny(tmp_path_factory.mktemp("tiny_float16"), "float16", "exported_program,onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_bfloat16_onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a real bfloat16 ONNX export of configs/tiny.toml (opset 22: bfloat16 Conv)."""
+    return _export_tiny(tmp_path_factory.mktemp("tiny_bfloat16"), "bfloat16", "onnx", "--opset", "22")
