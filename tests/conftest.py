@@ -7,6 +7,7 @@ Markers (declared in pyproject.toml): ``cuda`` tests skip on machines without a 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -121,3 +122,85 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||actual - expected|| / ||expected|| in float64 (the peers file's error measure)."""
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY_IMAGE_SIZE = (64, 96)
+"""(h, w) of the evaluation test images: the tiny config's input size as is, so every batch and
+every static export of that size sees the same canvas."""
+TINY_CATEGORY_IDS = {"cat": 17, "dog": 18, "car": 3, "tree": 90, "cup": 47}
+"""Annotation-file category ids of the tiny config's classes (deliberately not label + 1)."""
+
+
+class TinyPredictor:
+    """The tiny config's model (or a runtime of its export) between the config's pre- and
+    post-processing: the codetr.runtime.predictor.Predictor interface for evaluation tests."""
+
+    def __init__(self, model: Callable | None = None) -> None:
+        from codetr.config import load_config
+        from codetr.models import build_model
+
+        self.config = load_config(TINY_CONFIG)
+        self.model = model if model is not None else build_model(self.config).eval()
+        self.class_names = self.config.class_names
+
+    @torch.inference_mode()
+    def __call__(self, images: list[torch.Tensor], score_threshold: float = 0.0) -> list:
+        from codetr.postprocess import postprocess
+        from codetr.preprocess import make_batch
+
+        batch = make_batch(images, self.config.preprocess)
+        detections = self.model(batch.images, batch.image_sizes)
+        return postprocess(detections, batch, self.config.test.nms, score_threshold)
+
+
+def write_tiny_coco(root: Path, images: int = 5, per_image: int = 3, seed: int = 0) -> tuple[Path, Path]:
+    """A COCO-format dataset under ``root`` (``instances.json`` and ``images/NNNN.png``, random
+    pixels) whose ground truth is the eager tiny model's own top ``per_image`` detections, each
+    corner moved by up to 2 px: AP is neither 0 nor 1 and depends on every box and score.
+    Returns (annotation_file, image_dir)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(seed)
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True)
+    predictor = TinyPredictor()
+    entries, annotations = [], []
+    for image_id in range(1, images + 1):
+        pixels = generator.integers(0, 256, (*TINY_IMAGE_SIZE, 3), dtype=np.uint8)
+        file_name = f"{image_id:04d}.png"
+        Image.fromarray(pixels).save(image_dir / file_name)
+        entries.append({"id": image_id, "file_name": file_name, "height": TINY_IMAGE_SIZE[0], "width": TINY_IMAGE_SIZE[1]})
+        detections = predictor([torch.from_numpy(pixels).permute(2, 0, 1).contiguous()])[0]
+        for box, label in zip(detections.boxes[:per_image].tolist(), detections.labels[:per_image].tolist()):
+            x1, y1, x2, y2 = (value + generator.uniform(-2, 2) for value in box)
+            width, height = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "bbox": [x1, y1, width, height], "area": width * height,
+                 "category_id": TINY_CATEGORY_IDS[predictor.class_names[label]], "iscrowd": 0}
+            )
+    categories = [{"id": category_id, "name": name} for name, category_id in sorted(TINY_CATEGORY_IDS.items())]
+    annotation_file = root / "instances.json"
+    annotation_file.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": categories}))
+    return annotation_file, image_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor() -> type[TinyPredictor]:
+    """The class: ``tiny_predictor()`` is the eager tiny model, ``tiny_predictor(runtime)`` a runtime."""
+    return TinyPredictor
+
+
+@pytest.fixture(scope="session")
+def make_tiny_coco():
+    """Factory: ``make_tiny_coco(root, images=5)`` -> (annotation_file, image_dir); see write_tiny_coco."""
+    return write_tiny_coco
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> tuple[Path, Path]:
+    """One shared 5-image tiny-model dataset (read only): (annotation_file, image_dir)."""
+    return write_tiny_coco(tmp_path_factory.mktemp("tiny_coco"))
