@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +154,26 @@ def test_categories_that_do_not_match_list_both(tmp_path: Path, tiny_coco, capsy
                          "--device", "cpu", "--workers", "0"], capsys)
     assert "the model's class names do not match the categories of" in error and "other.json" in error
     assert "model (5): ['cat', 'dog', 'car', 'tree', 'cup']" in error and "only in the file: ['bicycle']" in error
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch: ~20 s on 2 CPU cores
+def test_torchrun_two_gloo_ranks_write_the_single_process_results(tmp_path: Path, tiny_coco) -> None:
+    annotation_file, image_dir = tiny_coco
+    common = ["eval", "--config", str(TINY), "--annotations", str(annotation_file), "--images", str(image_dir),
+              "--device", "cpu", "--workers", "0"]
+    assert main([*common, "--output", str(tmp_path / "single")]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "-m", "codetr", *common, "--output", str(tmp_path / "distributed")],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    single, distributed = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("single", "distributed"))
+    assert distributed["bbox"] == single["bbox"] and distributed["per_class"] == single["per_class"]
+    assert distributed["images"] == 5
+    assert (tmp_path / "distributed" / "results.json").read_text() == (tmp_path / "single" / "results.json").read_text()
+    assert completed.stdout.count("class AP") == 1  # rank 0 alone prints
