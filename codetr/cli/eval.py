@@ -207,21 +207,21 @@ def compare(evaluations: list[Evaluation]) -> dict[str, object]:
 def format_table(evaluations: list[Evaluation]) -> str:
     width = max(12, *(len(e.label) for e in evaluations))
     several = len(evaluations) > 1
-    header = f"{'model':<{width}}" + "".join(f"{name:>8}" for name in BBOX_METRICS) + f"{'img/s':>9}"
-    header += f"{'ΔAP':>8}" if several else ""
-    lines = [header]
-    for evaluation in evaluations:
+    header = f"{'model':<{width}}" + "".join(f"{name:>8}" for name in BBOX_METRICS) + f"{'images':>8}{'img/s':>9}"
+    lines = [header + (f"{'ΔAP':>8}" if several else "")]
+    for position, evaluation in enumerate(evaluations):
         line = f"{evaluation.label:<{width}}" + "".join(_fraction(evaluation.metrics.bbox[name]) for name in BBOX_METRICS)
+        line += f"{evaluation.metrics.images:>8}"
         line += f"{evaluation.stats.images_per_second:>9.2f}" if evaluation.stats else f"{'-':>9}"
         if several:
-            line += f"{evaluation.metrics.bbox['AP'] - evaluations[0].metrics.bbox['AP']:>+8.3f}"
+            delta = evaluation.metrics.bbox["AP"] - evaluations[0].metrics.bbox["AP"]
+            line += f"{delta:>+8.3f}" if position else f"{'-':>8}"
         lines.append(line)
     for evaluation in evaluations:
         stats = evaluation.stats
-        images = f"{evaluation.metrics.images} images"
         if stats is not None and stats.images_skipped:
-            images += f", {stats.images_skipped} skipped (unreadable): {', '.join(stats.skipped[:5])}" + (", ..." if stats.images_skipped > 5 else "")
-        lines.append(f"{evaluation.label}: {images}")
+            shown = ", ".join(stats.skipped[:5]) + (", ..." if stats.images_skipped > 5 else "")
+            lines.append(f"{evaluation.label}: {stats.images_skipped} unreadable image(s) skipped and not scored: {shown}")
     return "\n".join(lines)
 
 
