@@ -131,6 +131,7 @@ def test_results_with_unknown_image_ids_name_the_file_and_key(tmp_path: Path, ti
         (["--config", str(TINY)], "give the dataset as --annotations A.json --images DIR, or as --data DIR"),
         (["--model", "{tmp}/model.pt2", "--annotations", "{gt}", "--images", "{tmp}"], "{tmp}/model.pt2"),
         (["--config", str(TINY), "--checkpoint", "{tmp}/w.pth", "--detections", "{gt}", "--annotations", "{gt}"], "cannot be combined"),
+        (["--model", "{tmp}/model.pt2", "--dtype", "float16", "--data", "{tmp}"], "--dtype applies to --config only"),
         (["--detections", "{gt}", "--annotations", "{gt}", "--score-threshold", "2"], "--score-threshold must be in [0, 1], got 2.0"),
     ],
 )

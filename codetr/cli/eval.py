@@ -58,7 +58,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "compare several on the same images (the first is the reference)")
     source.add_argument("--config", type=Path, help="config TOML: evaluate the eager PyTorch model (first in the table)")
     source.add_argument("--checkpoint", type=Path, help="weights for --config (default: none, random weights)")
-    source.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision of --config's model (default: %(default)s)")
+    source.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="precision of --config's model (default: float32); an artifact's is fixed by its export")
     source.add_argument("--allow-tf32", action="store_true", help="let --config's float32 model use TF32 on GPUs (default: off)")
     source.add_argument("--detections", type=Path, help="score this COCO results file instead of running a model")
     data = parser.add_argument_group("dataset (--annotations [--images], or --data)")
@@ -70,8 +71,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="folder for metrics.json and results.json (default: print only)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (default: %(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device of the models; under torchrun 'cuda' means each rank's own GPU (default: %(default)s)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: for --config, cuda when a GPU is visible, else cpu; for "
+                        "--model, the artifact's own); under torchrun, cuda means each rank's own GPU (LOCAL_RANK)")
     parser.add_argument("--score-threshold", type=float, default=0.0,
                         help="drop detections scoring at or below this; AP needs them all (default: %(default)s)")
     return parser
@@ -103,8 +105,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--detections scores a results file; it cannot be combined with --model or --config")
     if args.detections is None and not args.models and args.config is None:
         raise ValueError("nothing to evaluate: give --model ARTIFACT, --config CONFIG or --detections RESULTS.json")
-    if args.checkpoint is not None and args.config is None:
-        raise ValueError("--checkpoint needs --config (an exported --model carries its weights)")
+    if args.config is None:
+        for option, given in (("--checkpoint", args.checkpoint is not None), ("--dtype", args.dtype is not None), ("--allow-tf32", args.allow_tf32)):
+            if given:
+                raise ValueError(f"{option} applies to --config only; an artifact's weights and precision are fixed by its export")
     if (args.annotations is None) == (args.data is None):
         raise ValueError("give the dataset as --annotations A.json --images DIR, or as --data DIR (not both)")
     if args.data is not None and args.images is not None:
@@ -146,10 +150,11 @@ def _run_models(args: argparse.Namespace, annotation_file: Path, image_dir: Path
             dist.destroy_process_group()
 
 
-def _predictor(args: argparse.Namespace, artifact: Path | None, device: str) -> Predictor:
+def _predictor(args: argparse.Namespace, artifact: Path | None, device: str | None) -> Predictor:
     if artifact is None:
         predictor = Predictor.from_config(
-            load_config(args.config), checkpoint=args.checkpoint, device=device, dtype=args.dtype, allow_tf32=args.allow_tf32
+            load_config(args.config), checkpoint=args.checkpoint, device=device, dtype=args.dtype or "float32",
+            allow_tf32=args.allow_tf32,
         )
     else:
         predictor = Predictor.from_artifact(artifact, device=device)
@@ -158,15 +163,16 @@ def _predictor(args: argparse.Namespace, artifact: Path | None, device: str) -> 
     return predictor
 
 
-def _start_distributed(device: str) -> str:
+def _start_distributed(device: str | None) -> str | None:
     """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL with one GPU per rank
-    (LOCAL_RANK) for ``cuda``, gloo on CPUs. Returns the device this rank runs on."""
+    (LOCAL_RANK) when the device is cuda (or unset with a GPU visible), else gloo. Returns the
+    device this rank runs on."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return device
-    if device == "cuda":
+    if device == "cuda" or (device is None and torch.cuda.is_available()):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    dist.init_process_group("nccl" if device is not None and device.startswith("cuda") else "gloo")
     return device
 
 
