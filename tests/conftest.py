@@ -133,26 +133,13 @@ TINY_CATEGORY_IDS = {"cat": 17, "dog": 18, "car": 3, "tree": 90, "cup": 47}
 """Annotation-file category ids of the tiny config's classes (deliberately not label + 1)."""
 
 
-class TinyPredictor:
-    """The tiny config's model (or a runtime of its export) between the config's pre- and
-    post-processing: the codetr.runtime.predictor.Predictor interface for evaluation tests."""
+def tiny_predictor_factory():
+    """The eager tiny model with deterministic random weights on the CPU, as a
+    :class:`codetr.runtime.predictor.Predictor`."""
+    from codetr.config import load_config
+    from codetr.runtime.predictor import Predictor
 
-    def __init__(self, model: Callable | None = None) -> None:
-        from codetr.config import load_config
-        from codetr.models import build_model
-
-        self.config = load_config(TINY_CONFIG)
-        self.model = model if model is not None else build_model(self.config).eval()
-        self.class_names = self.config.class_names
-
-    @torch.inference_mode()
-    def __call__(self, images: list[torch.Tensor], score_threshold: float = 0.0) -> list:
-        from codetr.postprocess import postprocess
-        from codetr.preprocess import make_batch
-
-        batch = make_batch(images, self.config.preprocess)
-        detections = self.model(batch.images, batch.image_sizes)
-        return postprocess(detections, batch, self.config.test.nms, score_threshold)
+    return Predictor.from_config(load_config(TINY_CONFIG), device="cpu")
 
 
 def write_tiny_coco(root: Path, images: int = 5, per_image: int = 3, seed: int = 0) -> tuple[Path, Path]:
@@ -168,7 +155,7 @@ def write_tiny_coco(root: Path, images: int = 5, per_image: int = 3, seed: int =
     generator = np.random.default_rng(seed)
     image_dir = root / "images"
     image_dir.mkdir(parents=True)
-    predictor = TinyPredictor()
+    predictor = tiny_predictor_factory()
     entries, annotations = [], []
     for image_id in range(1, images + 1):
         pixels = generator.integers(0, 256, (*TINY_IMAGE_SIZE, 3), dtype=np.uint8)
@@ -190,9 +177,9 @@ def write_tiny_coco(root: Path, images: int = 5, per_image: int = 3, seed: int =
 
 
 @pytest.fixture(scope="session")
-def tiny_predictor() -> type[TinyPredictor]:
-    """The class: ``tiny_predictor()`` is the eager tiny model, ``tiny_predictor(runtime)`` a runtime."""
-    return TinyPredictor
+def tiny_predictor() -> Callable:
+    """Factory: ``tiny_predictor()`` -> a new Predictor of the eager tiny model on the CPU."""
+    return tiny_predictor_factory
 
 
 @pytest.fixture(scope="session")

@@ -95,12 +95,12 @@ def test_category_names_that_do_not_match_are_an_error(tmp_path: Path, tiny_coco
         evaluate_model(tiny_predictor(), CocoDetection(tmp_path / "renamed.json", tiny_coco[1]), workers=0, progress=False)
 
 
-def _distributed_worker(rank: int, world_size: int, port: int, predictor_class, tiny_coco: tuple[Path, Path], output: Path) -> None:
+def _distributed_worker(rank: int, world_size: int, port: int, make_predictor, tiny_coco: tuple[Path, Path], output: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        results, metrics, stats = evaluate_model(predictor_class(), CocoDetection(*tiny_coco), workers=0, progress=False)
+        results, metrics, stats = evaluate_model(make_predictor(), CocoDetection(*tiny_coco), workers=0, progress=False)
         (output / f"rank{rank}.pkl").write_bytes(pickle.dumps((results, metrics, stats)))
     finally:
         dist.destroy_process_group()
