@@ -110,7 +110,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
             if given:
                 raise ValueError(f"{option} applies to --config only; an artifact's weights and precision are fixed by its export")
     if (args.annotations is None) == (args.data is None):
-        raise ValueError("give the dataset as --annotations A.json --images DIR, or as --data DIR (not both)")
+        raise ValueError("give the dataset as --annotations A.json --images DIR, or as --data DIR (one of the two)")
     if args.data is not None and args.images is not None:
         raise ValueError("--images goes with --annotations; --data finds the images itself")
     if args.batch_size < 1:
@@ -133,11 +133,10 @@ def _run_models(args: argparse.Namespace, annotation_file: Path, image_dir: Path
     dataset = CocoDetection(annotation_file, image_dir)
     device = _start_distributed(args.device)
     try:
-        specs = ([("eager", None)] if args.config is not None else []) + [(None, path) for path in args.models]
-        labels = _labels([path for _, path in specs])
+        artifacts = ([None] if args.config is not None else []) + list(args.models)  # None: the eager model
         evaluations = []
-        for label, (_, path) in zip(labels, specs):
-            predictor = _predictor(args, path, device)
+        for label, artifact in zip(_labels(artifacts), artifacts):
+            predictor = _predictor(args, artifact, device)
             results, metrics, stats = evaluate_model(
                 predictor, dataset, args.batch_size, args.workers, score_threshold=args.score_threshold
             )
