@@ -207,3 +207,72 @@ def tiny_float16_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_bfloat16_onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder with a real bfloat16 ONNX export of configs/tiny.toml (opset 22: bfloat16 Conv)."""
     return _export_tiny(tmp_path_factory.mktemp("tiny_bfloat16"), "bfloat16", "onnx", "--opset", "22")
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY_IMAGE_SIZE = (64, 64)
+"""(h, w) of the evaluation test images: kept as is by the tiny config's resize (scale 96x64) and
+by a static 64x64 export's (whose resize limits are 64x64, orientation-free: codetr.export's
+export_preprocessing), so eager and exported models see the same canvas."""
+TINY_CATEGORY_IDS = {"cat": 17, "dog": 18, "car": 3, "tree": 90, "cup": 47}
+"""Annotation-file category ids of the tiny config's classes (deliberately not label + 1)."""
+
+
+def tiny_predictor_factory():
+    """The eager tiny model with deterministic random weights on the CPU, as a
+    :class:`codetr.runtime.predictor.Predictor`."""
+    from codetr.config import load_config
+    from codetr.runtime.predictor import Predictor
+
+    return Predictor.from_config(load_config(TINY_CONFIG), device="cpu")
+
+
+def write_tiny_coco(root: Path, images: int = 5, per_image: int = 3, seed: int = 0) -> tuple[Path, Path]:
+    """A COCO-format dataset under ``root`` (``instances.json`` and ``images/NNNN.png``, random
+    pixels) whose ground truth is the eager tiny model's own top ``per_image`` detections, each
+    corner moved by up to 1 px: AP is neither 0 nor 1 and depends on every box and score.
+    Returns (annotation_file, image_dir)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(seed)
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True)
+    predictor = tiny_predictor_factory()
+    entries, annotations = [], []
+    for image_id in range(1, images + 1):
+        pixels = generator.integers(0, 256, (*TINY_IMAGE_SIZE, 3), dtype=np.uint8)
+        file_name = f"{image_id:04d}.png"
+        Image.fromarray(pixels).save(image_dir / file_name)
+        entries.append({"id": image_id, "file_name": file_name, "height": TINY_IMAGE_SIZE[0], "width": TINY_IMAGE_SIZE[1]})
+        detections = predictor([torch.from_numpy(pixels).permute(2, 0, 1).contiguous()])[0]
+        for box, label in zip(detections.boxes[:per_image].tolist(), detections.labels[:per_image].tolist()):
+            x1, y1, x2, y2 = (value + generator.uniform(-1, 1) for value in box)
+            width, height = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "bbox": [x1, y1, width, height], "area": width * height,
+                 "category_id": TINY_CATEGORY_IDS[predictor.class_names[label]], "iscrowd": 0}
+            )
+    categories = [{"id": category_id, "name": name} for name, category_id in sorted(TINY_CATEGORY_IDS.items())]
+    annotation_file = root / "instances.json"
+    annotation_file.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": categories}))
+    return annotation_file, image_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor() -> Callable:
+    """Factory: ``tiny_predictor()`` -> a new Predictor of the eager tiny model on the CPU."""
+    return tiny_predictor_factory
+
+
+@pytest.fixture(scope="session")
+def make_tiny_coco():
+    """Factory: ``make_tiny_coco(root, images=5)`` -> (annotation_file, image_dir); see write_tiny_coco."""
+    return write_tiny_coco
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> tuple[Path, Path]:
+    """One shared 5-image tiny-model dataset (read only): (annotation_file, image_dir)."""
+    return write_tiny_coco(tmp_path_factory.mktemp("tiny_coco"))
