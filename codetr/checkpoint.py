@@ -172,7 +172,7 @@ def identify_file(path: str | Path) -> str:
     if not head:
         return "an empty file"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return _TORCH_ZIP if _zip_has_pickle(path) else "a zip archive that torch.save did not write (no data.pkl inside)"
+        return _identify_zip(path)
     if head.startswith(_TORCH_LEGACY_HEAD):
         return _TORCH_PICKLE
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -191,12 +191,19 @@ def identify_file(path: str | Path) -> str:
     return f"text starting {first_line[:60]!r}"
 
 
-def _zip_has_pickle(path: Path) -> bool:
+def _identify_zip(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("data.pkl") for name in archive.namelist())
+            names = archive.namelist()
     except (zipfile.BadZipFile, OSError):  # a damaged zip: torch.load says what is wrong with it
-        return True
+        return _TORCH_ZIP
+    if any(name.endswith("/constants.pkl") for name in names):  # torch.jit.save's archive
+        return "a TorchScript program (torch.jit.save), not a checkpoint"
+    if any(name.endswith("/models/model.json") for name in names):  # torch.export.save's archive
+        return "an ExportedProgram (.pt2, torch.export.save), not a checkpoint"
+    if any(name.endswith("data.pkl") for name in names):
+        return _TORCH_ZIP
+    return "a zip archive that torch.save did not write (no data.pkl inside)"
 
 
 def _as_text(head: bytes) -> str | None:

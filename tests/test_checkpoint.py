@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -490,6 +491,20 @@ def _zip_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def _torchscript_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # torch.jit is deprecated, but its files are still around
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buffer)
+    return buffer.getvalue()
+
+
+def _exported_program_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),)), buffer)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("content", "looks_like"),
     [
@@ -501,6 +516,8 @@ def _zip_bytes() -> bytes:
         (lambda: b"", "an empty file"),
         (lambda: pickle.dumps({"state_dict": {}}, protocol=4), "a Python pickle that torch.save did not write"),
         (_zip_bytes, "a zip archive that torch.save did not write"),
+        (_torchscript_bytes, "a TorchScript program (torch.jit.save), not a checkpoint"),
+        (_exported_program_bytes, "an ExportedProgram (.pt2, torch.export.save), not a checkpoint"),
         (lambda: bytes(range(200, 256)) * 4, "unrecognised binary data (first bytes c8 c9 ca cb"),
     ],
 )
