@@ -6,9 +6,8 @@ import abc
 
 import torch
 
-from codetr.contract.io import check_model_inputs
 from codetr.contract.metadata import ExportMetadata
-from codetr.models import Detections
+from codetr.models import Detections, check_model_inputs
 
 
 class Runtime(abc.ABC):
@@ -33,7 +32,7 @@ class Runtime(abc.ABC):
 
 def check_inputs(images: torch.Tensor, image_sizes: torch.Tensor, metadata: ExportMetadata | None = None) -> None:
     """Raise ValueError for inputs a runtime cannot take, before running anything: wrong ranks or
-    dtypes, image sizes outside the image tensor (:func:`codetr.contract.io.check_model_inputs`),
+    dtypes, image sizes outside the image tensor (:func:`codetr.models.check_model_inputs`),
     and with ``metadata`` a batch, height or width the export does not accept
     (:meth:`ExportMetadata.check_images`: the message names the allowed batch, range or multiple)."""
     check_model_inputs(images, image_sizes)
