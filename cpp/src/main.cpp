@@ -35,7 +35,7 @@ struct Options {
   std::optional<fs::path> metadata;
   std::optional<double> score_threshold;
   std::vector<fs::path> plugin_libraries;
-  int device_index = 0;
+  int device_index = -1;  // -1: the current CUDA device (GPU 0)
   bool draw = true;
 };
 
@@ -51,7 +51,7 @@ const char* kUsage =
     "  --score-threshold X     keep detections scoring above X (default: metadata postprocessing.score_threshold)\n"
     "  --plugin-library PATH   TensorRT plugin library to load, e.g. libcodetr_msda_trt.so; repeatable\n"
     "                          (default: none; engines exported with msda 'plugin' need ours)\n"
-    "  --device-index N        GPU to run a CUDA package or an engine on (default: 0)\n"
+    "  --device-index N        GPU to run a CUDA package or an engine on (default: -1, the current one)\n"
     "  --no-draw               do not write drawn images (default: draw)\n";
 
 struct UsageError : std::runtime_error {
@@ -136,8 +136,8 @@ int run(const Options& options) {
   fs::create_directories(options.output);
   auto model = load_model(options, metadata);
 
-  auto results = nlohmann::json::array();
-  auto image_entries = nlohmann::json::array();
+  auto results = nlohmann::ordered_json::array();
+  auto image_entries = nlohmann::ordered_json::array();
   double model_seconds = 0.0;
   int64_t batches = 0;
   const auto batch_size = static_cast<size_t>(metadata.batch_size);

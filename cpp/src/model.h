@@ -22,10 +22,10 @@ class Model {
 };
 
 // An AOTInductor package (codetr export --artifacts aoti, model_aoti.pt2). The package's device
-// is the one it was compiled for; CUDA packages run on GPU `device_index`.
+// is the one it was compiled for; CUDA packages run on GPU `device_index` (-1: the current one).
 std::unique_ptr<Model> load_aoti_package(const std::filesystem::path& path, int device_index);
 
-// A serialized TensorRT engine, run on GPU `device_index`; `plugin_libraries` (e.g.
+// A serialized TensorRT engine, run on GPU `device_index` (-1: the current one); `plugin_libraries` (e.g.
 // libcodetr_msda_trt.so) are loaded into TensorRT's plugin registry before deserialising.
 // Throws when this build has no TensorRT runtime.
 std::unique_ptr<Model> load_tensorrt_engine(const std::filesystem::path& path,

@@ -104,12 +104,12 @@ std::vector<ImageDetections> postprocess(const Detections& detections, const Bat
   return results;
 }
 
-nlohmann::json coco_results(int64_t image_id, const ImageDetections& detections, const std::vector<int64_t>& category_ids) {
+nlohmann::ordered_json coco_results(int64_t image_id, const ImageDetections& detections, const std::vector<int64_t>& category_ids) {
   auto rounded = [](double value, double scale) { return std::nearbyint(value * scale) / scale; };
   const auto boxes = detections.boxes.to(at::kDouble).contiguous();
   const auto scores = detections.scores.to(at::kDouble).contiguous();
   const auto labels = detections.labels.contiguous();
-  auto entries = nlohmann::json::array();
+  auto entries = nlohmann::ordered_json::array();
   for (int64_t index = 0; index < boxes.size(0); ++index) {
     const auto* box = boxes.data_ptr<double>() + 4 * index;
     const int64_t label = labels.data_ptr<int64_t>()[index];

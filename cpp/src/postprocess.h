@@ -40,6 +40,6 @@ std::pair<at::Tensor, at::Tensor> soft_nms(const at::Tensor& boxes, const at::Te
 
 // COCO results-format entries {image_id, category_id, bbox [x, y, w, h], score}, rounded as
 // codetr.postprocess.coco_results does (3 decimals for boxes, 5 for scores).
-nlohmann::json coco_results(int64_t image_id, const ImageDetections& detections, const std::vector<int64_t>& category_ids);
+nlohmann::ordered_json coco_results(int64_t image_id, const ImageDetections& detections, const std::vector<int64_t>& category_ids);
 
 }  // namespace codetr

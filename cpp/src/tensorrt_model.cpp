@@ -1,5 +1,6 @@
 // The TensorRT path: deserialises an engine with TensorRT's C++ runtime (nvinfer) and runs it on
 // CUDA tensors allocated by libtorch, on the current CUDA stream of the device.
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
@@ -38,7 +39,7 @@ class TensorRtModel final : public Model {
  public:
   TensorRtModel(const std::filesystem::path& path, const std::vector<std::filesystem::path>& plugin_libraries,
                 int device_index)
-      : device_(c10::kCUDA, static_cast<c10::DeviceIndex>(device_index)) {
+      : device_(c10::kCUDA, static_cast<c10::DeviceIndex>(std::max(device_index, 0))) {
     const c10::cuda::CUDAGuard guard(device_);
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw std::runtime_error("TensorRT: cannot create the runtime");
