@@ -87,6 +87,13 @@ std::vector<ImageDetections> postprocess(const Detections& detections, const Bat
     boxes = at::minimum(boxes.clamp_min(0), at::tensor({width, height, width, height}, at::kFloat));
     auto scores = all_scores[index].to(at::kFloat);
     auto labels = all_labels[index].to(at::kLong);
+    // As codetr.postprocess: boxes with no area after clamping cover no pixel of the image.
+    const auto has_area = ((boxes.select(1, 2) > boxes.select(1, 0)) & (boxes.select(1, 3) > boxes.select(1, 1)))
+                              .nonzero()
+                              .squeeze(1);
+    boxes = boxes.index_select(0, has_area);
+    scores = scores.index_select(0, has_area);
+    labels = labels.index_select(0, has_area);
     if (config.kind == "nms") {
       const auto keep = nms(boxes, scores, labels, config.iou_threshold);
       boxes = boxes.index_select(0, keep);
