@@ -1,4 +1,5 @@
-"""The export run: validate, torch.export, save .pt2, ONNX, TensorRT engine, Torch-TensorRT, metadata.
+"""The export run: validate, torch.export, save .pt2, ONNX, TensorRT engine, AOTInductor package,
+Torch-TensorRT, metadata.
 
 Every stage is timed and logged; a failing stage raises :class:`ExportError` naming it and
 leaves no partial file (each file is written to a temporary name and moved into place).
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 
 from codetr.config import Config
+from codetr.contract.artifacts import ARTIFACTS
+from codetr.export.aoti_package import compile_package
 from codetr.export.metadata import build_metadata, library_versions, write_metadata
 from codetr.export.onnx_model import save_onnx, to_onnx
 from codetr.export.options import Artifact, DimRange, ExportOptions
@@ -125,6 +128,11 @@ def export_model(
             )
             record.path = files[Artifact.ENGINE] = path
             versions[build.backend] = build.version
+
+    if Artifact.AOTI in options.artifacts:
+        with stages.stage("aoti package") as record:
+            record.path = files[Artifact.AOTI] = output_dir / ARTIFACTS[Artifact.AOTI].file_name
+            compile_package(program, record.path)
 
     compiled_program, partition = None, None
     if options.torch_tensorrt is not None:

@@ -13,6 +13,7 @@ RUNTIMES: dict[Artifact, str] = {
     Artifact.EXPORTED_PROGRAM: "codetr.runtime.exported_program:ExportedProgramRuntime",
     Artifact.ONNX: "codetr.runtime.onnxruntime:OnnxRuntime",
     Artifact.ENGINE: "codetr.runtime.tensorrt:TensorRTRuntime",
+    Artifact.AOTI: "codetr.runtime.aoti:AOTIRuntime",
 }
 """The runtime class of each artifact, imported only when such a file is loaded (each needs its own
 optional packages)."""
