@@ -7,6 +7,7 @@ Markers (declared in pyproject.toml): ``cuda`` tests skip on machines without a 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -121,3 +122,23 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||actual - expected|| / ||expected|| in float64 (the peers file's error measure)."""
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+@pytest.fixture(scope="session")
+def tiny_aoti_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of one export of configs/tiny.toml on the CPU, float32, static 64x96, batch 1,
+    plugin MSDA, random weights (seed 0): model.onnx, model_aoti.pt2 (an AOTInductor package:
+    about a minute of C++ compilation, hence once per session) and metadata.json."""
+    from codetr.config import load_config
+    from codetr.contract.artifacts import Artifact
+    from codetr.export import ExportOptions, export_model
+    from codetr.models import build_model
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
+    options = ExportOptions(
+        dtype=torch.float32, height=64, width=96, artifacts=(Artifact.ONNX, Artifact.AOTI),
+        device=torch.device("cpu"),
+    )
+    output = tmp_path_factory.mktemp("tiny_aoti") / "export"
+    export_model(build_model(config, seed=0), config, options, output)
+    return output

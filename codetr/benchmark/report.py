@@ -8,7 +8,7 @@ JSON document::
              batch_size, input_shape [B, 3, H, W], dtype, device,
              latency_ms {min, median, p90, p99, max}, images_per_second, peak_memory_gib (null when
              not measurable), end_to_end {ms_per_image, images_per_second, images, workers} or null
-    skipped  artifact, label, batch_size, reason: each point that was not measured
+    skipped  artifact, label, batch_size, reason, failed: each point that was not measured
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def to_document(
                 "label": outcome.target.label,
                 "batch_size": outcome.batch_size,
                 "reason": outcome.reason,
+                "failed": outcome.failed,
             }
             for outcome in outcomes
             if isinstance(outcome, Skipped)

@@ -88,11 +88,14 @@ class BenchResult:
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-    """A point not measured and why (a static-batch export at another batch size, out of memory)."""
+    """A point not measured and why: not possible (a static-batch export at another batch size),
+    or ``failed`` (loading or running raised a RuntimeError, e.g. out of memory; the run goes on
+    with the other points and ``codetr bench`` exits with status 1)."""
 
     target: Target
     batch_size: int
     reason: str
+    failed: bool = False
 
 
 def run_benchmark(targets: Sequence[Target], settings: BenchSettings) -> list[BenchResult | Skipped]:
@@ -100,10 +103,14 @@ def run_benchmark(targets: Sequence[Target], settings: BenchSettings) -> list[Be
     outcomes: list[BenchResult | Skipped] = []
     for target in targets:
         logger.info("loading %s", target.label)
-        predictor = load_target(
-            target, config=settings.config, checkpoint=settings.checkpoint, device=settings.device,
-            allow_tf32=settings.allow_tf32,
-        )
+        try:
+            predictor = load_target(
+                target, config=settings.config, checkpoint=settings.checkpoint, device=settings.device,
+                allow_tf32=settings.allow_tf32,
+            )
+        except RuntimeError as error:  # a backend failure; ValueError/OSError (user errors) propagate
+            outcomes += [Skipped(target, size, _failure(error), failed=True) for size in settings.batch_sizes]
+            continue
         height, width = input_size(predictor, settings.height, settings.width)
         for batch_size in settings.batch_sizes:
             reason = unsupported_batch(predictor, batch_size)
@@ -113,18 +120,25 @@ def run_benchmark(targets: Sequence[Target], settings: BenchSettings) -> list[Be
                 continue
             try:
                 outcomes.append(measure_point(predictor, target, batch_size, height, width, settings))
-            except torch.OutOfMemoryError as error:
-                first_line = str(error).splitlines()[0] if str(error) else "out of memory"
-                outcomes.append(Skipped(target, batch_size, f"out of memory: {first_line}"))
+            except RuntimeError as error:  # out of memory, a CUDA-graph capture the runtime refuses, ...
+                outcomes.append(Skipped(target, batch_size, _failure(error), failed=True))
             finally:
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                _release_memory()
         del predictor
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _release_memory()
     return outcomes
+
+
+def _failure(error: RuntimeError) -> str:
+    message = str(error).strip().splitlines()
+    logger.error("%s: %s", type(error).__name__, str(error).strip())
+    return f"failed: {type(error).__name__}: {message[0] if message else ''}"
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def measure_point(

@@ -4,7 +4,9 @@
         --batch-sizes 1,8 --json bench.json --plot bench.png
 
 Measures every ARTIFACT at every batch size (see :mod:`codetr.benchmark`) and prints one table;
-a static-batch export at another batch size is listed as skipped, not an error.
+a static-batch export at another batch size is listed as skipped, not an error. A point whose
+loading or run fails (out of memory, ...) is listed as failed and the others still run; the
+exit status is then 1.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from codetr.benchmark.runner import BenchResult, BenchSettings, run_benchmark
+from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
 from codetr.benchmark.report import format_table, plot, to_document, write_json
 from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets
 from codetr.data.images import list_images
@@ -111,4 +113,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"plot -> {args.plot}")
         else:
             logger.warning("--plot: nothing was measured, no plot written")
-    return 0
+    return 1 if any(isinstance(outcome, Skipped) and outcome.failed for outcome in outcomes) else 0
