@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,17 +56,25 @@ def test_cpu_peak_memory_sees_a_large_allocation() -> None:
     assert after - before >= 60 / 1024
 
 
-def test_cuda_graph_both_measures_graph_capable_artifacts_twice(tiny_aoti_export: Path) -> None:
+def test_cuda_graph_both_measures_cuda_packages_twice(tiny_aoti_export: Path, tmp_path: Path) -> None:
     package, onnx_file = str(tiny_aoti_export / "model_aoti.pt2"), str(tiny_aoti_export / "model.onnx")
-    targets = parse_targets([package, onnx_file, "eager", "eager:float16"], "float32", CudaGraphMode.BOTH)
+    # the same package, its Inductor metadata saying it was compiled for CUDA
+    cuda_package = tmp_path / "cuda_aoti.pt2"
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(cuda_package, "w") as copy:
+        for name in source.namelist():
+            data = source.read(name)
+            copy.writestr(name, data.replace(b'"cpu"', b'"cuda"') if name.endswith("_metadata.json") else data)
+    names = [str(cuda_package), package, onnx_file, "eager", "eager:float16"]
+    targets = parse_targets(names, "float32", CudaGraphMode.BOTH)
     assert [(target.name, target.artifact, target.cuda_graph, target.dtype) for target in targets] == [
-        (package, Artifact.AOTI, False, None),
-        (package, Artifact.AOTI, True, None),
+        (str(cuda_package), Artifact.AOTI, False, None),
+        (str(cuda_package), Artifact.AOTI, True, None),
+        (package, Artifact.AOTI, False, None),  # a CPU package has no CUDA graph to replay
         (onnx_file, Artifact.ONNX, False, None),
         ("eager", None, False, "float32"),
         ("eager:float16", None, False, "float16"),
     ]
-    assert targets[1].label == f"{package} + CUDA graph" and targets[4].label == "eager float16"
+    assert targets[1].label == f"{cuda_package} + CUDA graph" and targets[5].label == "eager float16"
 
 
 def test_bench_runs_the_package_and_the_onnx_file(tiny_aoti_export: Path, tmp_path: Path, capsys) -> None:

@@ -3,8 +3,9 @@
 A target is named on the command line by an artifact path (anything
 :func:`codetr.runtime.load_runtime` runs, with its ``metadata.json`` beside it), or by ``eager``
 (the PyTorch model of ``--config`` in ``--dtype``) or ``eager:DTYPE`` (one of
-:data:`codetr.models.DTYPES`). Artifacts whose runtime can replay a CUDA graph (AOTInductor
-packages, TensorRT engines) are measured with, without, or both ways (``cuda_graph``).
+:data:`codetr.models.DTYPES`). Artifacts whose runtime can replay a CUDA graph (CUDA AOTInductor
+packages, TensorRT engines) are measured with, without, or both ways (``cuda_graph``); the
+others are measured once, without.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import torch
 from codetr.contract.artifacts import Artifact, identify_artifact
 from codetr.contract.metadata import metadata_path_for, read_metadata
 from codetr.models import DTYPES
+from codetr.runtime.aoti import package_device_type
 from codetr.runtime.predictor import Predictor
 
 EAGER = "eager"
 CUDA_GRAPH_ARTIFACTS = frozenset({Artifact.AOTI, Artifact.ENGINE})
-"""Artifacts whose runtime takes ``cuda_graph=True``."""
+"""Artifacts whose runtime takes ``cuda_graph=True`` (AOTInductor packages compiled for CUDA only)."""
 
 
 class CudaGraphMode(str, enum.Enum):
@@ -69,10 +71,18 @@ def parse_targets(names: list[str], default_dtype: str, cuda_graph: CudaGraphMod
         files = read_metadata(metadata_path).files if metadata_path.is_file() else None
         artifact = identify_artifact(path, files)
         modes = [False]
-        if artifact in CUDA_GRAPH_ARTIFACTS:
+        if can_replay_cuda_graphs(path, artifact):
             modes = {CudaGraphMode.OFF: [False], CudaGraphMode.ON: [True], CudaGraphMode.BOTH: [False, True]}[cuda_graph]
         targets.extend(Target(name, path, artifact, cuda_graph=mode) for mode in modes)
     return targets
+
+
+def can_replay_cuda_graphs(path: Path, artifact: Artifact) -> bool:
+    """Whether the runtime of ``artifact`` at ``path`` can replay CUDA graphs: TensorRT engines
+    and AOTInductor packages compiled for CUDA (a CPU package has no graph to capture)."""
+    if artifact is Artifact.AOTI:
+        return package_device_type(path) == "cuda"
+    return artifact in CUDA_GRAPH_ARTIFACTS
 
 
 def load_target(
