@@ -130,12 +130,23 @@ def test_inputs_the_package_cannot_take_are_refused(
         runtime(images, image_sizes)
 
 
-def test_a_cpu_package_refuses_other_devices_and_cuda_graphs(tiny_aoti_export: Path) -> None:
-    package = tiny_aoti_export / "model_aoti.pt2"
-    with pytest.raises(ValueError, match="was compiled for cpu and runs only there, not on cuda"):
-        AOTIRuntime(package, device="cuda")
+def test_a_cpu_package_refuses_cuda_graphs(tiny_aoti_export: Path) -> None:
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA package"):
-        AOTIRuntime(package, cuda_graph=True)
+        AOTIRuntime(tiny_aoti_export / "model_aoti.pt2", cuda_graph=True)
+
+
+def test_a_package_runs_only_on_its_device_type(tiny_aoti_export: Path, tmp_path: Path) -> None:
+    # the tiny package with its Inductor metadata saying it was compiled for CUDA
+    cuda_package = tmp_path / "cuda_aoti.pt2"
+    with zipfile.ZipFile(tiny_aoti_export / "model_aoti.pt2") as source, zipfile.ZipFile(cuda_package, "w") as copy:
+        for name in source.namelist():
+            data = source.read(name)
+            copy.writestr(name, data.replace(b'"cpu"', b'"cuda"') if name.endswith("_metadata.json") else data)
+    with pytest.raises(ValueError, match="was compiled for cuda and runs only there, not on cpu"):
+        AOTIRuntime(cuda_package, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            AOTIRuntime(cuda_package)
 
 
 def test_files_that_are_no_package_are_refused(tmp_path: Path) -> None:

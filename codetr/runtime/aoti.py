@@ -27,7 +27,7 @@ import torch._inductor
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda, which the package calls
 from codetr.contract.metadata import ExportMetadata
 from codetr.models import Detections
-from codetr.runtime.base import Runtime, check_inputs
+from codetr.runtime.base import Runtime, check_inputs, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -93,19 +93,12 @@ class AOTIRuntime(Runtime):
 
     @staticmethod
     def _device(path: Path, compiled_for: str, requested: str | torch.device | None) -> torch.device:
-        device = torch.device(requested if requested is not None else compiled_for)
+        device = resolve_device(requested if requested is not None else compiled_for)
         if device.type != compiled_for:
             raise ValueError(
                 f"{path} was compiled for {compiled_for} and runs only there, not on {device}; "
                 f"re-export with --device {device.type} --artifacts aoti to run on {device.type}"
             )
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"{path} is a CUDA package but no CUDA GPU is visible to torch")
-            index = torch.cuda.current_device() if device.index is None else device.index
-            if index >= torch.cuda.device_count():
-                raise ValueError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-            device = torch.device("cuda", index)
         return device
 
     def _warn_on_torch_mismatch(self, path: Path) -> None:
