@@ -9,6 +9,8 @@
 #   dynamic    dynamic height/width (512..1344) export: torch.export + ONNX + aoti, timed with
 #              whatever time is left of the budget (stage times are logged as they finish)
 #   swin       (not in the default STEPS) Swin-L static batch 1 aoti export + bench -> $OUT/bench_swin_l.*
+#   tests      (not in the default STEPS) the AOTInductor tests on the GPU, the CUDA-graph replay test
+#              included (it compiles the tiny model for CUDA)
 # Logs and results go to $OUT (default: a temporary folder); a summary is printed at the end.
 # A dynamic export that needs more than the time left: STEPS=dynamic BUDGET_S=400 bash scripts/gpu_aoti_bench.sh
 # Environment: STEPS (default "export_b1 export_b8 bench dynamic"), BUDGET_S (default 520): every step
@@ -82,6 +84,8 @@ if wants swin; then
     --iterations "$ITERATIONS" --warmup "$WARMUP" --json "$OUT/bench_swin_l.json" --plot "$OUT/bench_swin_l.png"
 fi
 
+wants tests && step tests "$(left 0 300)" "$PYTHON" -m pytest -q -rfEs tests/test_runtime_aoti.py
+
 if wants dynamic; then
   step dynamic "$(left 0 600)" "${export_cmd[@]}" --output "$WORK/r50_dynamic" --dynamic-height "${DYNAMIC:-512:1344}" \
     --dynamic-width "${DYNAMIC:-512:1344}" --artifacts exported_program,onnx,aoti
@@ -89,7 +93,7 @@ fi
 
 echo
 echo "================ summary ($((SECONDS - START)) s in all) ================"
-for name in export_b1 export_b8 bench export_swin bench_swin dynamic; do
+for name in export_b1 export_b8 bench export_swin bench_swin tests dynamic; do
   [[ -n "${STATUS[$name]:-}" ]] && printf '%-12s exit %-3s %5s s\n' "$name" "${STATUS[$name]}" "${SECONDS_TAKEN[$name]}"
 done
 for name in export_b1 export_b8 export_swin dynamic; do
