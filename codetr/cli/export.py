@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_random_weights
 from codetr.config import Config, load_config
@@ -137,7 +139,7 @@ def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None) -> s
     return None
 
 
-def _torch_tensorrt_mode(text: str | None) -> CompileMode | None:
+def _torch_tensorrt_mode(text: str | None, device: torch.device) -> CompileMode | None:
     """The requested Torch-TensorRT mode; like an explicitly requested engine, it is an error
     (before any work) when it cannot be produced here."""
     if text is None:
@@ -145,6 +147,8 @@ def _torch_tensorrt_mode(text: str | None) -> CompileMode | None:
     reason = torch_tensorrt_unavailable_reason()
     if reason:
         raise ValueError(f"--torch-tensorrt {text}: {reason}")
+    if device.type != "cuda":
+        raise ValueError(f"--torch-tensorrt {text}: Torch-TensorRT compiles on a CUDA GPU; use --device cuda")
     return CompileMode(text)
 
 
@@ -168,7 +172,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             plugin_library=args.plugin_library,
             embed_plugin=args.embed_plugin,
             timing_cache=args.timing_cache,
-            torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt),
+            torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt, args.device),
             skipped=skipped,
         )
     except ValueError as error:

@@ -1,0 +1,152 @@
+"""An export is one unit (codetr.export.pipeline): built aside, swapped in whole when every stage
+succeeded; a failed or interrupted export leaves the output folder as it was, and a folder that
+holds anything but a codetr export is refused unless --overwrite.
+
+A constant detector stands in for Co-DINO: only the stages and the files matter here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from codetr.cli import main
+from codetr.config import load_config
+from codetr.contract.artifacts import CompileMode
+from codetr.export import Artifact, ExportError, ExportOptions, export_model
+from codetr.models import Detections
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+PROGRAM_ONLY = ExportOptions(dtype=torch.float32, height=64, width=96, artifacts=(Artifact.EXPORTED_PROGRAM,))
+PROGRAM_AND_ONNX = ExportOptions(dtype=torch.float32, height=64, width=96,
+                                 artifacts=(Artifact.EXPORTED_PROGRAM, Artifact.ONNX))
+
+
+class ConstantDetector(torch.nn.Module):
+    """image -> (boxes, scores, labels), cheap to trace."""
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
+        boxes = images[:, :, :1, :4].mean(1)  # [B, 1, 4]
+        scores = boxes.sum(-1)
+        return Detections(boxes, scores, scores.long())
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(TINY)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def fail_onnx_stage(monkeypatch, error: BaseException) -> None:
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("codetr.export.pipeline.to_onnx", fail)
+
+
+def test_export_writes_only_the_output_folder(tmp_path: Path, config) -> None:
+    result = export_model(ConstantDetector(), config, PROGRAM_ONLY, tmp_path / "out")
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]  # no staging folder left beside it
+    assert sorted(snapshot(tmp_path / "out")) == ["metadata.json", "model.pt2"]
+    assert result.files == {Artifact.EXPORTED_PROGRAM: tmp_path / "out" / "model.pt2"}
+    assert [record.path for record in result.stages.records if record.path] == [
+        tmp_path / "out" / "model.pt2", tmp_path / "out" / "metadata.json"]
+
+
+def test_previous_export_is_replaced_whole(tmp_path: Path, config) -> None:
+    """An earlier export with an engine, re-exported with fewer artifacts: no old file survives."""
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "metadata.json").write_text(json.dumps({"format": "codetr-export/1", "precision": "float16"}))
+    (output / "model.engine").write_bytes(b"old engine")
+    (output / "model.pt2").write_bytes(b"old program")
+    export_model(ConstantDetector(), config, PROGRAM_ONLY, output)
+    assert sorted(snapshot(output)) == ["metadata.json", "model.pt2"]
+    assert (output / "model.pt2").read_bytes() != b"old program"
+    metadata = json.loads((output / "metadata.json").read_text())
+    assert metadata["format"] == "codetr-export/2" and metadata["files"] == {"exported_program": "model.pt2"}
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+def test_failed_export_leaves_the_previous_export(tmp_path: Path, config, monkeypatch) -> None:
+    output = tmp_path / "out"
+    export_model(ConstantDetector(), config, PROGRAM_ONLY, output)
+    before = snapshot(output)
+    fail_onnx_stage(monkeypatch, RuntimeError("simulated translation failure"))
+    with pytest.raises(ExportError, match="export stage 'onnx' failed: RuntimeError: simulated") as caught:
+        export_model(ConstantDetector(), config, PROGRAM_AND_ONNX, output)
+    assert caught.value.stage == "onnx"
+    assert snapshot(output) == before  # neither the new .pt2 nor a new metadata.json
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+def test_failed_first_export_leaves_no_folder(tmp_path: Path, config, monkeypatch) -> None:
+    fail_onnx_stage(monkeypatch, RuntimeError("simulated translation failure"))
+    with pytest.raises(ExportError):
+        export_model(ConstantDetector(), config, PROGRAM_AND_ONNX, tmp_path / "new" / "out")
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_interrupted_export_says_so_in_one_line(tmp_path: Path, config, monkeypatch, capsys) -> None:
+    output = tmp_path / "out"
+    export_model(ConstantDetector(), config, PROGRAM_ONLY, output)
+    before = snapshot(output)
+    fail_onnx_stage(monkeypatch, KeyboardInterrupt())
+    monkeypatch.setattr("codetr.cli.export.build_model", lambda config, seed: ConstantDetector())
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
+                       "--artifacts", "exported_program,onnx", "--device", "cpu", "--output", str(output)])
+    stderr = capsys.readouterr().err
+    assert status == 130
+    assert stderr.strip().splitlines()[-1] == f"interrupted: {output} was left as it was"
+    assert "Traceback" not in stderr
+    assert snapshot(output) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("foreign", [["photo.jpg"], ["metadata.json", "notes.txt"], ["model.pt2"]])
+def test_folder_with_other_files_is_refused_unless_overwrite(tmp_path: Path, config, foreign: list[str]) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    for name in foreign:
+        (output / name).write_text("{}")
+    with pytest.raises(FileExistsError, match="is not empty and is not a codetr export .* --overwrite"):
+        export_model(ConstantDetector(), config, PROGRAM_ONLY, output)
+    assert sorted(snapshot(output)) == sorted(foreign)
+    export_model(ConstantDetector(), config, PROGRAM_ONLY, output, overwrite=True)
+    assert sorted(snapshot(output)) == ["metadata.json", "model.pt2"]
+
+
+def test_cli_refuses_a_foreign_folder_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    output = tmp_path / "photos"
+    output.mkdir()
+    (output / "cat.jpg").write_bytes(b"\xff\xd8")
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the model was built before the output folder was checked")
+
+    monkeypatch.setattr("codetr.cli.export.build_model", must_not_build)
+    status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--artifacts",
+                   "exported_program", "--device", "cpu", "--output", str(output)])
+    assert status == 2
+    assert f"error: output: {output.absolute()} is not empty and is not a codetr export (holds cat.jpg)" in \
+        capsys.readouterr().err
+    assert snapshot(output) == {"cat.jpg": b"\xff\xd8"}
+
+
+def test_torch_tensorrt_stage_fails_cleanly_without_the_package(tmp_path: Path, config, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # makes `import torch_tensorrt` fail
+    options = dataclasses.replace(PROGRAM_ONLY, torch_tensorrt=CompileMode.HYBRID)
+    with pytest.raises(ExportError) as caught:
+        export_model(ConstantDetector(), config, options, tmp_path / "out")
+    assert caught.value.stage == "torch-tensorrt hybrid"
+    assert "torch_tensorrt cannot be imported" in caught.value.reason
+    assert list(tmp_path.iterdir()) == []  # not even the .pt2 of the stage before
