@@ -27,7 +27,7 @@ import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda
 from codetr.atomic import atomic_path
 from codetr.contract.artifacts import CompileMode
 from codetr.contract.plugin import CODETR_OP_TYPE, CODETR_PLUGIN_NAMESPACE, CODETR_PLUGIN_VERSION, DEFAULT_IM2COL_STEP
-from codetr.tensorrt.plugin import register_plugin_library
+from codetr.tensorrt.plugin import register_available_plugin, register_plugin_library
 
 MSDA_OP = torch.ops.codetr.msda.default
 
@@ -218,11 +218,8 @@ def load_compiled(path: str | Path, plugin_library: Path | None = None) -> torch
     import tensorrt
     import torch_tensorrt
 
-    from codetr.tensorrt.plugin import PACKAGE_LIBRARY
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no compiled program at {path}")
-    if plugin_library is not None or PACKAGE_LIBRARY.is_file():
-        register_plugin_library(tensorrt, plugin_library)
+    register_available_plugin(tensorrt, plugin_library)
     return torch_tensorrt.load(str(path)).module()
