@@ -150,3 +150,68 @@ def test_torch_tensorrt_stage_fails_cleanly_without_the_package(tmp_path: Path, 
     assert caught.value.stage == "torch-tensorrt hybrid"
     assert "torch_tensorrt cannot be imported" in caught.value.reason
     assert list(tmp_path.iterdir()) == []  # not even the .pt2 of the stage before
+
+
+def test_failed_export_says_so_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    fail_onnx_stage(monkeypatch, RuntimeError("simulated translation failure"))
+    monkeypatch.setattr("codetr.cli.export.build_model", lambda config, seed: ConstantDetector())
+    output = tmp_path / "out"
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
+                       "--artifacts", "exported_program,onnx", "--device", "cpu", "--output", str(output)])
+    assert status == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: export stage 'onnx' failed: RuntimeError: simulated translation failure; nothing was written "
+        f"({output} does not exist)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_what_a_killed_export_left_is_removed(tmp_path: Path, config) -> None:
+    dead = tmp_path / ".out.partial-999999999"  # above any pid_max: no such process
+    dead.mkdir()
+    (dead / "model.pt2").write_bytes(b"half")
+    unrelated = tmp_path / ".out.notes"
+    unrelated.mkdir()
+    export_model(ConstantDetector(), config, PROGRAM_ONLY, tmp_path / "out")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".out.notes", "out"]
+
+
+def test_engine_plugin_version_is_recorded_for_the_runtime_check(tmp_path: Path, config, monkeypatch) -> None:
+    """metadata.json names the plugin version the engine was built with, so the TensorRT runtime's
+    version check (codetr.runtime.tensorrt.check_engine_metadata) can fire."""
+    from codetr.export.tensorrt_engine import EngineBuild
+    from codetr.runtime.tensorrt import check_engine_metadata
+    from codetr.tensorrt.plugin import PluginLibraryInfo
+
+    def build_engine(onnx_path, engine_path, **options):
+        engine_path.write_bytes(b"engine")
+        plugin = PluginLibraryInfo(Path("libcodetr_msda_trt.so"), "CodetrMSDA", "1", "codetr", (10, 13, 0))
+        return EngineBuild("tensorrt", "10.13.0", [], plugin)
+
+    monkeypatch.setattr("codetr.export.pipeline.build_engine", build_engine)
+    options = dataclasses.replace(PROGRAM_AND_ONNX, artifacts=(*PROGRAM_AND_ONNX.artifacts, Artifact.ENGINE))
+    result = export_model(ConstantDetector(), config, options, tmp_path / "out")
+    metadata = json.loads(result.metadata.read_text())
+    assert metadata["versions"]["codetr_msda_plugin"] == "1" and metadata["versions"]["tensorrt"] == "10.13.0"
+    assert metadata["files"]["engine"] == "model.engine" and "engine" not in metadata["skipped"]
+    check_engine_metadata(metadata, "tensorrt", "10.13.0", "1")
+    with pytest.raises(RuntimeError, match="plugin version 1 but the loaded library is version 2"):
+        check_engine_metadata(metadata, "tensorrt", "10.13.0", "2")
+
+
+def test_auto_artifacts_record_why_the_engine_was_skipped(tmp_path: Path, monkeypatch, capsys) -> None:
+    def no_library(path=None):
+        raise FileNotFoundError("plugin library not found: /nowhere/libcodetr_msda_trt.so")
+
+    monkeypatch.setattr("codetr.cli.export.tensorrt_unavailable_reason", lambda: None)
+    monkeypatch.setattr("codetr.cli.export.plugin_library_path", no_library)
+    monkeypatch.setattr("codetr.cli.export.build_model", lambda config, seed: ConstantDetector())
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
+                       "--device", "cpu", "--output", str(tmp_path / "out")])
+    assert status == 0
+    reason = "no plugin library: plugin library not found: /nowhere/libcodetr_msda_trt.so"
+    assert f"skipped engine: {reason}" in capsys.readouterr().out
+    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert metadata["skipped"]["engine"] == reason
+    assert metadata["files"] == {"exported_program": "model.pt2", "onnx": "model.onnx"}

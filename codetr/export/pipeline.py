@@ -3,7 +3,8 @@
 An export is one unit. Every stage writes into a temporary folder beside the output folder
 (``.<name>.partial-<pid>``); only when every stage succeeded is that folder swapped in whole for
 the output folder. A failed or interrupted export removes it and leaves the output folder as it
-was (or absent), never a mix of old and new files.
+was (or absent), never a mix of old and new files; what a killed process left beside it is
+removed by the next export into that folder.
 
 The output folder may be missing, empty, or hold a previous codetr export (its ``metadata.json``
 and artifact files only), which is replaced whole. Any other non-empty folder is refused unless
@@ -126,8 +127,8 @@ def export_model(
     """
     check_input_sizes(config, options)
     output_dir = check_output_dir(output_dir, overwrite)
+    _remove_stale_siblings(output_dir)
     staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         if not isinstance(model, torch.nn.Module):
@@ -203,6 +204,26 @@ def _export_into(
     return ExportResult(folder, files, metadata_path, stages, partition)
 
 
+def _remove_stale_siblings(output_dir: Path) -> None:
+    """Remove staging and replaced folders that a killed export (SIGKILL, power loss) left beside
+    ``output_dir``: those whose process no longer runs, and this process's own."""
+    for sibling in output_dir.parent.glob(f".{output_dir.name}.*-*"):
+        kind, _, pid = sibling.name.removeprefix(f".{output_dir.name}.").partition("-")
+        mine_or_dead = pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid)))
+        if kind in ("partial", "replaced") and mine_or_dead:
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def _swap_in(staging: Path, output_dir: Path) -> None:
     """Put the finished ``staging`` folder at ``output_dir``; what was there is removed only
     after the new folder is in place, and restored if the swap fails."""
@@ -210,7 +231,6 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
         os.replace(staging, output_dir)
         return
     replaced = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
-    shutil.rmtree(replaced, ignore_errors=True)
     os.replace(output_dir, replaced)
     try:
         os.replace(staging, output_dir)
