@@ -91,8 +91,8 @@ def test_failed_export_leaves_the_previous_export(tmp_path: Path, config, monkey
 def test_failed_first_export_leaves_no_folder(tmp_path: Path, config, monkeypatch) -> None:
     fail_onnx_stage(monkeypatch, RuntimeError("simulated translation failure"))
     with pytest.raises(ExportError):
-        export_model(ConstantDetector(), config, PROGRAM_AND_ONNX, tmp_path / "new" / "out")
-    assert list((tmp_path / "new").iterdir()) == []
+        export_model(ConstantDetector(), config, PROGRAM_AND_ONNX, tmp_path / "new" / "folders" / "out")
+    assert list(tmp_path.iterdir()) == []  # not even the parent folders it created
 
 
 def test_interrupted_export_says_so_in_one_line(tmp_path: Path, config, monkeypatch, capsys) -> None:

@@ -13,6 +13,7 @@ and artifact files only), which is replaced whole. Any other non-empty folder is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -71,7 +72,7 @@ def is_codetr_export(folder: Path) -> bool:
 
 def check_output_dir(output_dir: Path, overwrite: bool = False) -> Path:
     """Raise a clear OSError unless an export can be swapped in at ``output_dir`` (see the module
-    docstring); creates its parent folder. Returns the absolute path."""
+    docstring). Creates nothing. Returns the absolute path."""
     output_dir = Path(output_dir).absolute()
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output: {output_dir} exists and is not a directory")
@@ -84,12 +85,11 @@ def check_output_dir(output_dir: Path, overwrite: bool = False) -> Path:
             f"output: {output_dir} is not empty and is not a codetr export (holds {listing}); choose a new "
             "or empty folder, or pass --overwrite to replace that folder and everything in it"
         )
-    try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"output: cannot create directory {output_dir}: {error.strerror}") from None
-    if not os.access(output_dir.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"output: cannot create directory {output_dir}: {output_dir.parent} is not writable")
+    existing = next(folder for folder in output_dir.parents if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"output: cannot create directory {output_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output: cannot create directory {output_dir}: {existing} is not writable")
     return output_dir
 
 
@@ -127,16 +127,22 @@ def export_model(
     """
     check_input_sizes(config, options)
     output_dir = check_output_dir(output_dir, overwrite)
+    created = [folder for folder in output_dir.parents if not folder.exists()]
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(output_dir)
     staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
-    staging.mkdir()
     try:
+        staging.mkdir()
         if not isinstance(model, torch.nn.Module):
             model = model()
         result = _export_into(staging, model, config, options, checkpoint)
         _swap_in(staging, output_dir)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first: the folders this export created for nothing
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return _moved(result, output_dir)
 
 
