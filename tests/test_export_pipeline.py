@@ -215,3 +215,12 @@ def test_auto_artifacts_record_why_the_engine_was_skipped(tmp_path: Path, monkey
     metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert metadata["skipped"]["engine"] == reason
     assert metadata["files"] == {"exported_program": "model.pt2", "onnx": "model.onnx"}
+
+
+def test_output_holding_the_current_directory_is_refused(tmp_path: Path, config, monkeypatch) -> None:
+    """Swapping in the export would move the folder the process (and the user's shell) is in."""
+    (tmp_path / "out" / "inside").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "out" / "inside")
+    with pytest.raises(IsADirectoryError, match="holds the current directory"):
+        export_model(ConstantDetector(), config, PROGRAM_ONLY, Path(".."), overwrite=True)
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["inside"]

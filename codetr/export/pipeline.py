@@ -89,6 +89,8 @@ def check_output_dir(output_dir: Path, overwrite: bool = False) -> Path:
     if not existing.is_dir():
         raise NotADirectoryError(f"output: cannot create directory {output_dir}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
+        if output_dir.exists():  # the new export is built beside it and swapped in
+            raise PermissionError(f"output: cannot replace {output_dir}: its folder {existing} is not writable")
         raise PermissionError(f"output: cannot create directory {output_dir}: {existing} is not writable")
     return output_dir
 
