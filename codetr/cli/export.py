@@ -17,7 +17,7 @@ import torch
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_random_weights
 from codetr.config import Config, load_config
-from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
+from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
 from codetr.export.options import BUILT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
 from codetr.export.pipeline import export_model
@@ -119,8 +119,6 @@ def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[
         return artifacts, {}
     reason = _engine_unavailable_reason(msda, plugin_library)
     if reason:
-        # Printed where the user sees it: the install hides the plugin build's own message.
-        logger.warning("not building a TensorRT engine: %s", reason)
         return (Artifact.EXPORTED_PROGRAM, Artifact.ONNX), {Artifact.ENGINE: reason}
     return BUILT_ARTIFACTS, {}
 
@@ -184,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
     config = load_config(args.config)
     options = options_from_args(args, config)
+    for artifact, reason in options.skipped.items():
+        # Said where the user sees it: the install hides the plugin build's own message.
+        logger.warning("not building the %s: %s", ARTIFACTS[artifact].description, reason)
     if Artifact.ENGINE in options.artifacts and options.msda is MsdaMode.PLUGIN:
         argv = None if args.process_argv is None else ["-m", "codetr", *args.process_argv]
         try:
