@@ -101,9 +101,8 @@ def test_interrupted_export_says_so_in_one_line(tmp_path: Path, config, monkeypa
     before = snapshot(output)
     fail_onnx_stage(monkeypatch, KeyboardInterrupt())
     monkeypatch.setattr("codetr.cli.export.build_model", lambda config, seed: ConstantDetector())
-    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
-        status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
-                       "--artifacts", "exported_program,onnx", "--device", "cpu", "--output", str(output)])
+    status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
+                   "--artifacts", "exported_program,onnx", "--device", "cpu", "--output", str(output)])
     stderr = capsys.readouterr().err
     assert status == 130
     assert stderr.strip().splitlines()[-1] == f"interrupted: {output} was left as it was"
@@ -156,9 +155,8 @@ def test_failed_export_says_so_in_one_line(tmp_path: Path, monkeypatch, capsys) 
     fail_onnx_stage(monkeypatch, RuntimeError("simulated translation failure"))
     monkeypatch.setattr("codetr.cli.export.build_model", lambda config, seed: ConstantDetector())
     output = tmp_path / "out"
-    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
-        status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
-                       "--artifacts", "exported_program,onnx", "--device", "cpu", "--output", str(output)])
+    status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
+                   "--artifacts", "exported_program,onnx", "--device", "cpu", "--output", str(output)])
     assert status == 1
     assert capsys.readouterr().err.splitlines() == [
         "error: export stage 'onnx' failed: RuntimeError: simulated translation failure; nothing was written "
@@ -199,17 +197,17 @@ def test_engine_plugin_version_is_recorded_for_the_runtime_check(tmp_path: Path,
         check_engine_metadata(metadata, "tensorrt", "10.13.0", "2")
 
 
-def test_auto_artifacts_record_why_the_engine_was_skipped(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_auto_artifacts_record_why_the_engine_was_skipped(tmp_path: Path, monkeypatch, capsys, caplog) -> None:
     def no_library(path=None):
         raise FileNotFoundError("plugin library not found: /nowhere/libcodetr_msda_trt.so")
 
     monkeypatch.setattr("codetr.cli.export.tensorrt_unavailable_reason", lambda: None)
     monkeypatch.setattr("codetr.cli.export.plugin_library_path", no_library)
     monkeypatch.setattr("codetr.cli.export.build_model", lambda config, seed: ConstantDetector())
-    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
-        status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
-                       "--device", "cpu", "--output", str(tmp_path / "out")])
+    status = main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
+                   "--device", "cpu", "--output", str(tmp_path / "out")])
     assert status == 0
+    assert "NO --checkpoint GIVEN: using DETERMINISTIC RANDOM WEIGHTS (seed 0)" in caplog.text
     reason = "no plugin library: plugin library not found: /nowhere/libcodetr_msda_trt.so"
     assert f"skipped engine: {reason}" in capsys.readouterr().out
     metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
