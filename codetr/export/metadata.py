@@ -52,7 +52,9 @@ def export_preprocessing(preprocess: PreprocessConfig, options: ExportOptions) -
     fits a canvas of side ``m`` only when both limits are at most ``m`` = the smallest allowed
     maximum side; the config's own limits are kept where they are smaller. Static: padded to
     exactly (height, width). Dynamic: padded to the next multiple of the size divisor (the
-    exported multiple), no fixed canvas.
+    exported multiple), no fixed canvas; an image of extreme aspect ratio (e.g. a 1:6 panorama)
+    then pads below a range's minimum and the runtimes' input check refuses it naming the range,
+    since PreprocessConfig cannot pad to at least a size.
     """
     heights, widths = options.height_range, options.width_range
     largest = min(heights.max, widths.max)
