@@ -16,7 +16,7 @@ from codetr.config import load_config
 from codetr.contract.metadata import SizeRange
 from codetr.export import DimRange, ExportOptions
 from codetr.export.metadata import export_preprocessing
-from codetr.preprocess import make_batch
+from codetr.preprocess import make_batch, rescaled_size
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 R50_LSJ = CONFIGS / "co_dino_5scale_r50_lsj_8xb2_1x_coco.toml"
@@ -35,7 +35,10 @@ def test_readme_export_gets_the_preprocessing_of_its_input() -> None:
     assert batch_shape(config.preprocess, 480, 640) == (1, 3, 1024, 1024)  # what the old metadata recorded
     preprocess = export_preprocessing(config.preprocess, ExportOptions(height=768, width=1152))
     assert preprocess.pad_size == (768, 1152)
-    assert preprocess.scale == (768, 768)  # every orientation fits; the config's 1024 would not
+    assert preprocess.scale == (1024, 768)  # the canvas's long and short sides, within the config's 1024
+    # A landscape photo uses the canvas as mmdet's resize would; a portrait one shrinks to fit it.
+    assert rescaled_size(480, 640, preprocess.scale, preprocess.pad_size) == (768, 1024)
+    assert rescaled_size(640, 480, preprocess.scale, preprocess.pad_size) == (768, 576)
     assert (preprocess.mean, preprocess.std, preprocess.pad_value, preprocess.mask_padding) == (
         config.preprocess.mean, config.preprocess.std, config.preprocess.pad_value, config.preprocess.mask_padding)
     for height, width in PHOTOS:
