@@ -29,6 +29,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--iterations", type=int, default=None, help="optimiser steps (default: 12 epochs)")
     length.add_argument("--epochs", type=float, default=None, help="passes over the training split")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="shorten the run (and its schedule) to what fits this many minutes, measured after 40 iterations; "
+                        "the iterations chosen are logged and stored in the checkpoint")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the config's train.batch_size)")
     parser.add_argument("--lr", type=float, default=None, help="base learning rate (default: the config's train.lr)")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="automatic mixed precision")
@@ -43,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("iterations", "epochs", "batch_size", "lr"):
+    for name in ("iterations", "epochs", "batch_size", "lr", "time_limit"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         workers=args.workers,
         device=args.device,
+        time_limit=args.time_limit,
     )
     result = train(options)
     if result.metrics is not None:

@@ -16,7 +16,7 @@ import math
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -61,6 +61,7 @@ class TrainOptions:
     workers: int = 0
     device: str | None = None
     progress: bool = True
+    time_limit: float | None = None
     extra_meta: dict = field(default_factory=dict)
 
 
@@ -114,7 +115,8 @@ def train(options: TrainOptions) -> TrainResult:
         lr=lr,
         weight_decay=config.train.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config=config, total=total))
+    schedule = LrSchedule(config.train.schedule, total, config.train.warmup_iterations, config.train.step_milestones, config.train.step_gamma)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start = 0
@@ -123,7 +125,11 @@ def train(options: TrainOptions) -> TrainResult:
         if not latest.is_file():
             raise FileNotFoundError(f"--resume: no {latest} to resume from")
         start = _restore(latest, model, optimizer, scheduler, scaler)
-        logger.info("resumed from %s at iteration %d", latest, start)
+        total = schedule.total  # a time-limited run may have shortened it
+        logger.info("resumed from %s at iteration %d of %d", latest, start, total)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.backbone.to(memory_format=torch.channels_last)
 
     trained = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else objective
     sampler = GlobalBatchSampler(len(dataset), batch_size, rank, world_size, options.seed, start)
@@ -147,8 +153,11 @@ def train(options: TrainOptions) -> TrainResult:
     metrics = None
     iteration = start
     batches = iter(loader)
+    clock = _TimeLimit(options.time_limit, start, world_size, device) if options.time_limit else None
     while iteration < total:
         batch = next(batches).to(device)
+        if device.type == "cuda":
+            batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
         counts = _global_counts(batch.gt_labels, world_size, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss, terms = trained(batch.images, batch.image_sizes, batch.gt_labels, batch.gt_boxes, batch.seeds, counts)
@@ -162,6 +171,12 @@ def train(options: TrainOptions) -> TrainResult:
         iteration += 1
         window_images += batch_size
         progress.update(1)
+        if clock is not None:
+            fitted = clock.fit(iteration, total)
+            if fitted != total:
+                logger.info("--time-limit: %d iterations fit; the schedule now ends there", fitted)
+                total = schedule.total = meta["total_iterations"] = fitted
+                progress.total = total
 
         if iteration % options.log_every == 0 or iteration == total:
             values = _reduce_terms(loss, terms, world_size)
@@ -200,19 +215,62 @@ def train(options: TrainOptions) -> TrainResult:
     return TrainResult(total, loss_value, metrics)
 
 
-def lr_factor(step: int, config: Config, total: int) -> float:
-    """Linear warm-up from 0.001 (mmdet ``LinearLR`` start_factor) over ``warmup_iterations``,
-    then step decay at the given fractions of the run, or cosine to zero."""
-    train = config.train
-    warmup = train.warmup_iterations
-    factor = 1.0
-    if step < warmup:
-        factor = 0.001 + (1 - 0.001) * step / warmup
-    if train.schedule == "cosine":
-        progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-        return factor * 0.5 * (1 + math.cos(math.pi * progress))
-    decays = sum(step >= milestone * total for milestone in train.step_milestones)
-    return factor * train.step_gamma**decays
+class LrSchedule:
+    """Learning-rate factor per step: linear warm-up from 0.001 (mmdet ``LinearLR``
+    start_factor) over ``warmup`` steps, then step decay by ``gamma`` at the given fractions of
+    the run, or cosine to zero. Plain attributes only: LambdaLR saves them in the checkpoint,
+    which must stay loadable with ``weights_only=True``."""
+
+    def __init__(self, kind: str, total: int, warmup: int, milestones: tuple[float, ...], gamma: float) -> None:
+        self.kind = kind
+        self.total = total
+        self.warmup = warmup
+        self.milestones = tuple(milestones)
+        self.gamma = gamma
+
+    def __call__(self, step: int) -> float:
+        factor = 1.0
+        if step < self.warmup:
+            factor = 0.001 + (1 - 0.001) * step / self.warmup
+        if self.kind == "cosine":
+            progress = min(max(step - self.warmup, 0) / max(self.total - self.warmup, 1), 1.0)
+            return factor * 0.5 * (1 + math.cos(math.pi * progress))
+        return factor * self.gamma ** sum(step >= milestone * self.total for milestone in self.milestones)
+
+
+class _TimeLimit:
+    """``--time-limit``: after a short measurement, shortens the run (and its schedule) to the
+    iterations that fit the remaining time, keeping 5% for checkpoints and evaluation. Rank 0's
+    decision is broadcast so every process stops together."""
+
+    MEASURE_FROM, MEASURE_TO = 10, 40  # iterations after the start; the first ones warm up
+
+    def __init__(self, minutes: float, start: int, world_size: int, device: torch.device) -> None:
+        self.deadline = time.perf_counter() + minutes * 60 * 0.95
+        self.start = start
+        self.world_size = world_size
+        self.device = device
+        self.mark = 0.0
+
+    def fit(self, iteration: int, total: int) -> int:
+        done = iteration - self.start
+        if done == self.MEASURE_FROM:
+            self._sync()
+            self.mark = time.perf_counter()
+        if done != self.MEASURE_TO:
+            return total
+        self._sync()
+        now = time.perf_counter()
+        per_iteration = (now - self.mark) / (self.MEASURE_TO - self.MEASURE_FROM)
+        fitted = torch.tensor([min(total, iteration + int((self.deadline - now) / per_iteration))])
+        if self.world_size > 1:
+            fitted = fitted.to(self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.broadcast(fitted, 0)
+        return max(int(fitted), iteration)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def init_for_training(model: CoDINO) -> None:
