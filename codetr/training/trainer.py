@@ -345,12 +345,14 @@ def _global_counts(gt_labels: list[torch.Tensor], world_size: int, device: torch
 
 
 def _reduce_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
-    """The logged values: every term summed over ranks (each rank holds its share)."""
+    """The logged values: the mean over ranks of every term (each rank normalises its part by
+    the global box count / world size), i.e. the loss of the whole global batch."""
     names = ["loss", *terms]
     values = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
     if world_size > 1:
         values = values.to("cuda" if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(values)
+        values = values / world_size
     return dict(zip(names, values.cpu().tolist()))
 
 
