@@ -144,9 +144,10 @@ class Decoder(nn.Module):
         Returns the normalised last-layer state [B, Q, C] and the reference boxes that entered the
         last layer [B, Q, 4] float32 (the head refines them once more, as in mmdet).
         """
+        ratios = _box_ratios(levels)
         last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            query = self._layer(index, query, reference_boxes, memory, levels)
+        for index in range(len(self.layers)):
+            query = self._layer(index, query, reference_boxes, memory, levels, ratios)
             if index < last:
                 delta = reg_branches[index](query).float()
                 reference_boxes = (delta + inverse_sigmoid(reference_boxes)).sigmoid()
@@ -168,9 +169,10 @@ class Decoder(nn.Module):
         detached refinement, while the loss of layer i+1 sees the refinement with its gradient
         (DINO's "look forward twice").
         """
+        ratios = _box_ratios(levels)
         states, references = [], [reference_boxes]
-        for index, layer in enumerate(self.layers):
-            query = self._layer(index, query, reference_boxes, memory, levels, self_attn_mask)
+        for index in range(len(self.layers)):
+            query = self._layer(index, query, reference_boxes, memory, levels, ratios, self_attn_mask)
             states.append(self.norm(query))
             if index < len(self.layers) - 1:
                 refined = (reg_branches[index](query).float() + inverse_sigmoid(reference_boxes)).sigmoid()
@@ -185,12 +187,18 @@ class Decoder(nn.Module):
         reference_boxes: torch.Tensor,
         memory: torch.Tensor,
         levels: Levels,
+        ratios: torch.Tensor,
         self_attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        ratios = torch.cat([levels.valid_ratios, levels.valid_ratios], -1)[:, None]
+        """Decoder layer ``index`` with its positional query from the reference boxes."""
         boxes_per_level = reference_boxes[:, :, None] * ratios
         query_pos = self.ref_point_head(sine_box_encoding(boxes_per_level[:, :, 0], query.shape[-1] // 2).to(query.dtype))
         return self.layers[index](query, query_pos, boxes_per_level, memory, levels, self_attn_mask)
+
+
+def _box_ratios(levels: Levels) -> torch.Tensor:
+    """[B, 1, L, 4] valid fractions (w, h, w, h) that map image-relative boxes onto each level."""
+    return torch.cat([levels.valid_ratios, levels.valid_ratios], -1)[:, None]
 
 
 def encoder_reference_points(levels: Levels) -> torch.Tensor:
