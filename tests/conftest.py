@@ -125,7 +125,8 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def write_rectangle_dataset(root, splits: dict[str, int], class_names, size=(64, 96), seed: int = 0, max_objects: int = 3):
     """A tiny COCO-format dataset in the generated layout (``annotations/instances_<split>.json``
-    + ``<split>/``): filled rectangles of one colour per class on a grey noise background.
+    + ``<split>/``): non-overlapping filled rectangles of one colour per class on a grey noise
+    background.
     Returns root. Test-only stand-in for ``codetr data synthetic``."""
     import json
 
@@ -142,9 +143,13 @@ def write_rectangle_dataset(root, splits: dict[str, int], class_names, size=(64,
         images, annotations = [], []
         for image_id in range(1, count + 1):
             pixels = rng.integers(90, 130, size=(height, width, 3)).astype(np.uint8)
+            placed: list[tuple[int, int, int, int]] = []
             for _ in range(int(rng.integers(1, max_objects + 1))):
                 w, h = int(rng.integers(width // 6, width // 2)), int(rng.integers(height // 6, height // 2))
                 x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+                if any(x < px + pw and px < x + w and y < py + ph and py < y + h for px, py, pw, ph in placed):
+                    continue  # objects never overlap, so every box is fully visible
+                placed.append((x, y, w, h))
                 label = int(rng.integers(0, len(class_names)))
                 pixels[y : y + h, x : x + w] = colours[label]
                 annotations.append({"id": annotation_id, "image_id": image_id, "category_id": label + 1,
