@@ -92,3 +92,21 @@ def test_two_gloo_processes_equal_one(tmp_path, rectangle_dataset):
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=2e-5, msg=key)
     meta = torch.load(distributed / "latest.pth", map_location="cpu", weights_only=True)["meta"]
     assert meta["world_size"] == 2 and meta["batch_size"] == 4
+
+
+def test_tiny_config_overfits_two_images(tmp_path, rectangle_dataset):
+    """Two images, no augmentation, trainable BatchNorm (from scratch), a higher rate and a
+    looser clip than the official fine-tuning recipe: the loss more than halves and the
+    images' own AP50 reaches 0.9 within 90 iterations."""
+    config = load_config(TINY)
+    data = rectangle_dataset(splits={"train": 2}, class_names=config.class_names, seed=1)
+    shutil.copytree(data / "train", data / "val")
+    shutil.copy(data / "annotations" / "instances_train.json", data / "annotations" / "instances_val.json")
+    recipe = dataclasses.replace(
+        config.train, scale_range=(1.0, 1.0), flip_prob=0.0, clip_grad_max_norm=1.0, backbone_lr_mult=1.0, backbone_norm="batch_norm"
+    )
+    output = tmp_path / "out"
+    result = train(_options(data, output, config=dataclasses.replace(config, train=recipe), iterations=90, lr=1e-3, eval_every=90))
+    losses = [json.loads(line)["loss"] for line in (output / "train_log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+    assert result.metrics["AP50"] >= 0.9
