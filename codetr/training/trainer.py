@@ -328,6 +328,8 @@ def _init_distributed(requested: str | None) -> tuple[int, int, torch.device]:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
+        # torch 2.11 refuses a device without an index here.
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
         torch.cuda.set_device(device)
     return (dist.get_rank() if world_size > 1 else 0), world_size, device
 
