@@ -193,7 +193,7 @@ def test_engine_plugin_version_is_recorded_for_the_runtime_check(tmp_path: Path,
     assert metadata["versions"]["codetr_msda_plugin"] == "1" and metadata["versions"]["tensorrt"] == "10.13.0"
     assert metadata["files"]["engine"] == "model.engine" and "engine" not in metadata["skipped"]
     check_engine_metadata(metadata, "tensorrt", "10.13.0", "1")
-    with pytest.raises(RuntimeError, match="plugin version 1 but the loaded library is version 2"):
+    with pytest.raises(ValueError, match="plugin version 1 but the loaded library is version 2"):
         check_engine_metadata(metadata, "tensorrt", "10.13.0", "2")
 
 
