@@ -195,17 +195,16 @@ class TrainBatch:
 
 
 def collate(samples: list[Sample], preprocess: PreprocessConfig) -> TrainBatch:
-    """Pads like :func:`codetr.preprocess.make_batch` (to ``pad_size`` or the largest image
-    rounded up to ``size_divisor``) and normalises the boxes by each image's size as the model
-    sees it."""
+    """Pads bottom/right to the training canvas (:func:`training_canvas`, as LSJ's
+    ``Pad(size=image_size)`` does; also keeps scaled-down batches large enough for the query
+    selection), rounded up to ``size_divisor``, and normalises the boxes by each image's size
+    as the model sees it."""
     heights = [s.image.shape[1] for s in samples]
     widths = [s.image.shape[2] for s in samples]
-    if preprocess.pad_size is not None:
-        canvas_height, canvas_width = preprocess.pad_size
-    else:
-        divisor = preprocess.size_divisor
-        canvas_height = -(-max(heights) // divisor) * divisor
-        canvas_width = -(-max(widths) // divisor) * divisor
+    divisor = 1 if preprocess.pad_size is not None else preprocess.size_divisor
+    canvas_height, canvas_width = training_canvas(preprocess)
+    canvas_height = -(-max(*heights, canvas_height) // divisor) * divisor
+    canvas_width = -(-max(*widths, canvas_width) // divisor) * divisor
     colour = torch.tensor(preprocess.pad_colour, dtype=torch.float32).view(3, 1, 1)
     images = colour.expand(len(samples), 3, canvas_height, canvas_width).clone()
     for index, sample in enumerate(samples):
