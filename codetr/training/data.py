@@ -80,7 +80,7 @@ class Sample:
 class CocoTrainDataset(torch.utils.data.Dataset):
     """Indexed by (index, epoch); returns an augmented :class:`Sample`. Crowd boxes are skipped."""
 
-    def __init__(self, split: DatasetSplit, config: Config, seed: int, augment: bool = True) -> None:
+    def __init__(self, split: DatasetSplit, config: Config, seed: int) -> None:
         with split.annotation_file.open() as file:
             coco = json.load(file)
         self.split = split
@@ -96,7 +96,7 @@ class CocoTrainDataset(torch.utils.data.Dataset):
         if not self.images:
             raise ValueError(f"{split.annotation_file}: the dataset has no images")
         self.seed = seed
-        self.transform = train_transform(config, augment)
+        self.transform = train_transform(config)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -147,21 +147,20 @@ class _CropToCanvas(v2.Transform):
     _transform = transform
 
 
-def train_transform(config: Config, augment: bool) -> v2.Transform:
-    """Without ``augment``: keep-ratio resize into the test scale. With it: scale jitter around
-    the canvas (``config.train.scale_range``), random crop to the canvas, horizontal flip.
-    Boxes are clamped to the image and those under 1 pixel dropped."""
+def train_transform(config: Config) -> v2.Transform:
+    """Scale jitter around the canvas (``config.train.scale_range``; (1, 1) = a plain
+    keep-ratio resize to fit it), random crop to the canvas, horizontal flip
+    (``config.train.flip_prob``). Boxes are clamped to the image and those under 1 pixel dropped."""
     canvas = training_canvas(config.preprocess)
-    if augment:
-        steps: list[v2.Transform] = [
+    return v2.Compose(
+        [
             v2.ScaleJitter(canvas, scale_range=config.train.scale_range, antialias=False),
             _CropToCanvas(canvas),
             v2.RandomHorizontalFlip(config.train.flip_prob),
+            v2.ClampBoundingBoxes(),
+            v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda inputs: inputs[2]),
         ]
-    else:
-        steps = [v2.Resize(min(config.preprocess.scale), max_size=max(config.preprocess.scale) + 1, antialias=False)]
-    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda inputs: inputs[2])]
-    return v2.Compose(steps)
+    )
 
 
 def training_canvas(preprocess: PreprocessConfig) -> tuple[int, int]:
@@ -195,17 +194,16 @@ class TrainBatch:
 
 
 def collate(samples: list[Sample], preprocess: PreprocessConfig) -> TrainBatch:
-    """Pads like :func:`codetr.preprocess.make_batch` (to ``pad_size`` or the largest image
-    rounded up to ``size_divisor``) and normalises the boxes by each image's size as the model
-    sees it."""
+    """Pads bottom/right to the training canvas (:func:`training_canvas`, as LSJ's
+    ``Pad(size=image_size)`` does; also keeps scaled-down batches large enough for the query
+    selection), rounded up to ``size_divisor``, and normalises the boxes by each image's size
+    as the model sees it."""
     heights = [s.image.shape[1] for s in samples]
     widths = [s.image.shape[2] for s in samples]
-    if preprocess.pad_size is not None:
-        canvas_height, canvas_width = preprocess.pad_size
-    else:
-        divisor = preprocess.size_divisor
-        canvas_height = -(-max(heights) // divisor) * divisor
-        canvas_width = -(-max(widths) // divisor) * divisor
+    divisor = 1 if preprocess.pad_size is not None else preprocess.size_divisor
+    canvas_height, canvas_width = training_canvas(preprocess)
+    canvas_height = -(-max(*heights, canvas_height) // divisor) * divisor
+    canvas_width = -(-max(*widths, canvas_width) // divisor) * divisor
     colour = torch.tensor(preprocess.pad_colour, dtype=torch.float32).view(3, 1, 1)
     images = colour.expand(len(samples), 3, canvas_height, canvas_width).clone()
     for index, sample in enumerate(samples):
