@@ -17,6 +17,7 @@ from codetr.contract import plugin as contract
 from codetr.contract.artifacts import MsdaMode
 from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
 from codetr.export.options import ExportOptions
+from codetr.quantization.onnx_qdq import qdq_translations
 from codetr.atomic import atomic_path
 
 
@@ -46,6 +47,7 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
     Dynamic image sides become the symbolic dimensions ``height`` and ``width`` of ``images``.
     """
     translations = {} if options.msda is MsdaMode.DECOMPOSED else {torch.ops.codetr.msda.default: _msda_plugin_node}
+    translations.update(qdq_translations(options.opset))  # INT8 Q/DQ nodes, if the program has any
     onnx_program = torch.onnx.export(
         program,
         dynamo=True,
