@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from codetr.checkpoint import load_checkpoint
+from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.export.options import DimRange, ExportOptions
@@ -22,6 +23,8 @@ from codetr.export.stages import ExportError
 from codetr.export.tensorrt_engine import tensorrt_available
 from codetr.export.torch_tensorrt_program import torch_tensorrt_unavailable_reason
 from codetr.models import DTYPES, build_model
+from codetr.quantization.int8 import quantize_int8
+from codetr.quantization.onnx_qdq import MIN_HALF_OPSET, check_opset
 
 logger = logging.getLogger("codetr.export")
 
@@ -67,10 +70,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="libcodetr_msda_trt.so for the engine build (default: the package's copy)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device to trace on (default: %(default)s)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--opset", type=int,
+                        help="ONNX opset (default: 18; 19 with --int8, the first with float16 QuantizeLinear)")
     parser.add_argument("--timing-cache", type=Path, default=DEFAULT_TIMING_CACHE,
                         help="TensorRT timing cache, reused and updated (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --checkpoint")
+    add_int8_arguments(parser, with_switch=True)
     return parser
 
 
@@ -148,7 +153,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
         msda=msda,
         optimization_level=args.optimization_level,
         device=device,
-        opset=args.opset,
+        opset=args.opset if args.opset is not None else (MIN_HALF_OPSET if args.int8 else 18),
         plugin_library=args.plugin_library,
         timing_cache=args.timing_cache,
         torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt, device),
@@ -200,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         options.check_sizes(config.preprocess.size_divisor, largest_feature_stride(config))
         if options.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device available; use --device cpu")
+        calibration = calibration_from_args(args, config, enabled=args.int8)
+        if args.int8:
+            check_opset(options.opset, options.dtype)
         prepare_output_dir(args.output)
         _restart_with_rtx_link_dir(options, args.process_argv)
     except RuntimeError as error:
@@ -211,12 +219,20 @@ def run(args: argparse.Namespace) -> int:
             _warn_random_weights(args.seed)
         else:
             load_checkpoint(model, args.checkpoint)
-        result = export_model(model, config, options, args.output, checkpoint=args.checkpoint)
+        quantization = None
+        if args.int8:
+            quantized = quantize_int8(model, calibration, config.preprocess, exclude=args.int8_exclude,
+                                      default_exclude=not args.int8_no_default_exclude, device=options.device,
+                                      progress=True)
+            model, quantization = quantized.model, quantized.report
+        result = export_model(model, config, options, args.output, checkpoint=args.checkpoint,
+                              quantization=quantization)
     except (ExportError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     total = sum(record.seconds for record in result.stages.records)
-    print(f"exported {config.name} ({args.dtype}, msda {options.msda.value}) to {result.output_dir} in {total:.1f} s:")
+    precision = f"{args.dtype} + int8" if args.int8 else args.dtype
+    print(f"exported {config.name} ({precision}, msda {options.msda.value}) to {result.output_dir} in {total:.1f} s:")
     for record in result.stages.records:
         written = f"  {record.path.name} {record.bytes / 1e6:.1f} MB" if record.path else ""
         print(f"  {record.name:<24} {record.seconds:7.1f} s{written}")

@@ -22,6 +22,8 @@ from codetr.atomic import atomic_path
 from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
 from codetr.export.torch_tensorrt_program import compile_and_save
+from codetr.quantization.int8 import AMAX_FILE_NAME, QuantizationReport, write_amax
+from codetr.quantization.onnx_qdq import check_opset
 from codetr.tensorrt.torch_tensorrt import Partition
 
 logger = logging.getLogger("codetr.export")
@@ -84,12 +86,17 @@ def export_model(
     output_dir: Path,
     *,
     checkpoint: Path | None = None,
+    quantization: QuantizationReport | None = None,
 ) -> ExportResult:
     """Export ``model`` (built from ``config``, weights already loaded) into ``output_dir``.
 
     Writes the artifacts named in ``options`` plus ``metadata.json``; see the module docstring.
+    ``quantization``: the report of :func:`codetr.quantization.quantize_int8` when ``model`` is its
+    INT8 Q/DQ model; recorded in metadata.json, its amax statistics in int8_amax.json.
     """
     options.check_sizes(config.preprocess.size_divisor, largest_feature_stride(config))
+    if quantization is not None:
+        check_opset(options.opset, options.dtype)
     output_dir = prepare_output_dir(Path(output_dir))
     stages = StageLog()
     files: dict[Artifact, Path] = {}
@@ -133,12 +140,20 @@ def export_model(
             partition = compile_and_save(program, options, path, engine_profiles(options).get("images"))
             record.path = compiled_program = path
 
+    amax_path = None
+    if quantization is not None:
+        with stages.stage("int8 amax") as record:
+            record.path = amax_path = output_dir / AMAX_FILE_NAME
+            write_amax(quantization, amax_path)
+
     metadata_path = output_dir / METADATA_NAME
     with stages.stage("metadata") as record:
         record.path = metadata_path
         file_names = {artifact.value: path.name for artifact, path in files.items()}
         if compiled_program is not None:
             file_names["torch_tensorrt"] = compiled_program.name
+        if amax_path is not None:
+            file_names["int8_amax"] = amax_path.name
         metadata = build_metadata(
             config,
             options,
@@ -149,5 +164,7 @@ def export_model(
             versions=versions,
             partition=partition,
         )
+        if quantization is not None:
+            metadata["quantization"] = quantization.to_json()
         write_metadata(metadata, metadata_path)
     return ExportResult(output_dir, files, metadata_path, stages, compiled_program, partition)
