@@ -22,6 +22,7 @@ from codetr.atomic import atomic_path
 from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
 from codetr.export.torch_tensorrt_program import compile_and_save
+from codetr.quantization.engine_check import check_int8_engine
 from codetr.quantization.int8 import AMAX_FILE_NAME, QuantizationReport, write_amax
 from codetr.quantization.onnx_qdq import check_opset
 from codetr.tensorrt.torch_tensorrt import Partition
@@ -119,6 +120,7 @@ def export_model(
             save_onnx(onnx_model, record.path)
             del onnx_model
 
+    engine_check = None  # the INT8 engine's layer check (codetr.quantization.engine_check)
     if Artifact.ENGINE in options.artifacts:
         with stages.stage("tensorrt engine") as record:
             path = output_dir / FILE_NAMES[Artifact.ENGINE]
@@ -132,6 +134,8 @@ def export_model(
             )
             record.path = files[Artifact.ENGINE] = path
             versions[build.backend] = build.version
+            if quantization is not None:
+                engine_check = check_int8_engine(files[Artifact.ONNX], build.log)
 
     compiled_program, partition = None, None
     if options.torch_tensorrt is not None:
@@ -165,6 +169,6 @@ def export_model(
             partition=partition,
         )
         if quantization is not None:
-            metadata["quantization"] = quantization.to_json()
+            metadata["quantization"] = {**quantization.to_json(), "engine": engine_check}
         write_metadata(metadata, metadata_path)
     return ExportResult(output_dir, files, metadata_path, stages, compiled_program, partition)
