@@ -4,6 +4,26 @@ Official files are mmcv/mmengine checkpoints: a dict whose ``state_dict`` holds 
 (``meta``, ``optimizer`` ... beside it). We also accept ``model`` / ``ema`` wrappers, a bare
 state dict, a ``module.`` (DDP) prefix, and ``.safetensors`` files (if the package is installed).
 
+Exponential-moving-average (EMA) copies come in two forms; by default the main weights load and
+the copy is reported as dropped, ``use_ema=True`` loads the copy instead:
+
+* mmdet 2.x ``BaseEMAHook`` (``ExpMomentumEMAHook`` ...) registers one buffer per state-dict
+  entry, named ``ema_`` + the entry's name with ``.`` replaced by ``_``
+  (``backbone.conv1.weight`` -> ``ema_backbone_conv1_weight``), saved beside the weights.
+* mmengine ``EMAHook`` (mmdet 3.x ``ExpMomentumEMA``) saves ``ema_state_dict`` beside
+  ``state_dict``: the averaged model's own state, ``module.<name>`` entries plus its update
+  counter ``steps``.
+
+Both hooks swap the two copies before a checkpoint is written (mmengine always; mmdet 2.x at the
+end of each epoch of an epoch-based run), so in the files they write the main weights are the
+averaged ones and the EMA-named copy holds the raw training weights (the hooks' docstrings: "the
+original model parameters are actually saved in ema field"). ``use_ema=True`` therefore means "load
+the copy stored under the EMA names", whatever it holds.
+
+Files that are not checkpoints (an image, text, an HTML error page, a Git LFS pointer ...) are told
+apart from checkpoints whose pickle names classes outside the allowlist: only the latter get the
+advice to re-save the weights from a trusted copy.
+
 Two layouts exist and differ only in the Swin backbone:
 
 * mmdetection 3.x (our module layout): ``backbone.stages.{i}.blocks.{j}.attn.w_msa.qkv`` ...,
@@ -13,8 +33,9 @@ Two layouts exist and differ only in the Swin backbone:
   (0,0), (1,0), (0,1), (1,1) block-wise, so its norm and reduction weights are permuted here.
 
 Training-only entries (auxiliary heads, denoising embeddings, ...) are logged and dropped;
-derived buffers are checked or skipped; anything else that does not match is an error listing
-every offending key.
+derived buffers are checked or skipped; anything else that does not match is an error that first
+says which model the checkpoint looks like (backbone, classes, queries) and the counts of matched,
+missing, unexpected and mismatched keys, then lists the first keys of each kind.
 """
 
 from __future__ import annotations
@@ -24,7 +45,8 @@ import logging
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -60,37 +82,194 @@ class CheckpointError(ValueError):
 
 
 @dataclass(frozen=True)
+class CheckpointWeights:
+    """The tensors chosen from a checkpoint file (still in the file's layout) and what was left out.
+
+    ``dropped``: one phrase per group of entries not chosen (e.g. ``"EMA copy (168 ema_* entries)"``).
+    """
+
+    state: dict[str, torch.Tensor]
+    dropped: tuple[str, ...] = ()
+    use_ema: bool = False
+
+
+@dataclass(frozen=True)
 class LoadReport:
+    """``loaded``: tensors copied into the model; ``dropped_training_only``: keys of the training
+    heads left out; ``dropped``: other groups left out (see :class:`CheckpointWeights`);
+    ``use_ema``: whether the EMA-named copy was loaded."""
+
     layout: Layout
     loaded: int
     dropped_training_only: tuple[str, ...]
+    dropped: tuple[str, ...] = ()
+    use_ema: bool = False
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.pth`` / ``.pt`` / ``.safetensors`` file, unwrapped from its container."""
+def read_checkpoint(path: str | Path, use_ema: bool = False) -> CheckpointWeights:
+    """Tensors of a ``.pth`` / ``.pt`` / ``.safetensors`` file, unwrapped from its container.
+
+    ``use_ema``: take the EMA-named copy (see the module docstring) instead of the main weights.
+    Raises FileNotFoundError, or CheckpointError when the file is not a checkpoint (naming what it
+    looks like), is damaged, names pickled classes outside the allowlist (naming them), or holds
+    no EMA copy although ``use_ema`` asks for one.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as error:
-            raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from error
-        try:
-            return dict(load_file(str(path)))
-        except Exception as error:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from error
+    kind = identify_file(path)
+    if kind == _SAFETENSORS:
+        content: object = _read_safetensors(path)
+    elif kind in (_TORCH_ZIP, _TORCH_PICKLE):
+        content = _torch_load(path)
+    else:
+        raise CheckpointError(
+            f"{path} is not a checkpoint: it looks like {kind}. Expected a file written by torch.save "
+            "(.pth / .pt: a zip archive or a pickle) or a .safetensors file."
+        )
+    return select_weights(content, str(path), use_ema)
+
+
+def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors :func:`read_checkpoint` chooses, without the account of what it left out."""
+    return read_checkpoint(path, use_ema).state
+
+
+# ---- what a file is -----------------------------------------------------------------------------
+
+_TORCH_ZIP = "a PyTorch zip checkpoint"
+_TORCH_PICKLE = "a legacy PyTorch pickle checkpoint"
+_SAFETENSORS = "a safetensors file"
+# torch.save's legacy (non-zip) format starts with pickle protocol 2 and this magic number
+# (torch/serialization.py: MAGIC_NUMBER = 0x1950A86A20F9469CFC6C, pickled as a 10-byte LONG1).
+_TORCH_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_SIGNATURES = (  # leading bytes of common files that end up renamed to .pth (file(1)'s magic numbers)
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"RIFF", "a RIFF file (WebP image, WAV or AVI)"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"BZh", "a bzip2 archive (unpack it first)"),
+    (b"\xfd7zXZ\x00", "an xz archive (unpack it first)"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive (unpack it first)"),
+    (b"Rar!", "a RAR archive (unpack it first)"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (e.g. a Keras model)"),
+    (b"\x7fELF", "an ELF executable or shared library"),
+    (b"version https://git-lfs", "a Git LFS pointer: the real file was never downloaded (run `git lfs pull`)"),
+)
+
+
+def identify_file(path: str | Path) -> str:
+    """What a file looks like from its first bytes: one of the three checkpoint kinds this module
+    reads, or a phrase naming something else ("a JPEG image", "text starting 'hello'", ...)."""
+    path = Path(path)
+    with path.open("rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _identify_zip(path)
+    if head.startswith(_TORCH_LEGACY_HEAD):
+        return _TORCH_PICKLE
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle that torch.save did not write (no PyTorch magic number)"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return _SAFETENSORS
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return name
+    text = _as_text(head)
+    if text is None:
+        return f"unrecognised binary data (first bytes {head[:8].hex(' ')})"
+    if text.lstrip().lower().startswith(("<!doctype html", "<html")):
+        return "an HTML page (a download that returned a web page instead of the file?)"
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return f"text starting {first_line[:60]!r}"
+
+
+def _identify_zip(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):  # a damaged zip: torch.load says what is wrong with it
+        return _TORCH_ZIP
+    if any(name.endswith("/constants.pkl") for name in names):  # torch.jit.save's archive
+        return "a TorchScript program (torch.jit.save), not a checkpoint"
+    if any(name.endswith("/models/model.json") for name in names):  # torch.export.save's archive
+        return "an ExportedProgram (.pt2, torch.export.save), not a checkpoint"
+    if any(name.endswith("data.pkl") for name in names):
+        return _TORCH_ZIP
+    return "a zip archive that torch.save did not write (no data.pkl inside)"
+
+
+def _as_text(head: bytes) -> str | None:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:  # a multi-byte character cut at the end of the sample is fine
+        if error.start < len(head) - 3:
+            return None
+        text = head[: error.start].decode("utf-8")
+    printable = sum(character.isprintable() or character in "\t\r\n" for character in text)
+    return text if text and printable == len(text) else None
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from error
+    try:
+        return dict(load_file(str(path)))
+    except Exception as error:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from error
+
+
+def _torch_load(path: Path) -> object:
     # Leaving the context removes what it added: skip entries the caller allowed globally already.
     already_allowed = set(torch.serialization.get_safe_globals())
     numpy_globals = [entry for entry in _numpy_safe_globals() if entry not in already_allowed]
     with torch.serialization.safe_globals(numpy_globals):
         try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise CheckpointError(_refusal_message(path, error)) from error
-        except (RuntimeError, EOFError, ValueError, OSError) as error:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {error}") from error
-    return _unwrap(content, path)
+            refused = _refused_globals(path, error)
+            if refused:
+                raise CheckpointError(_trust_message(path, refused)) from error
+            raise CheckpointError(f"{path}: damaged PyTorch checkpoint, its pickle does not parse ({_unpickler_reason(error)})") from error
+        except Exception as error:  # damaged bytes surface as RuntimeError, EOFError, KeyError, IndexError ...
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged?): {type(error).__name__}: {error}") from error
+
+
+# What torch's weights-only unpickler says when it meets something outside its allowlist (as
+# opposed to bytes that are no valid pickle): the global or the class it refused.
+_REFUSED_BY_ALLOWLIST = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
+
+
+def _refused_globals(path: Path, error: pickle.UnpicklingError) -> list[str]:
+    """The pickled globals outside the allowlist active around this call (empty: the pickle is
+    damaged rather than untrusted)."""
+    try:
+        refused = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # legacy (non-zip) files are not supported there; torch's message names the first one
+        refused = set()
+    refused.update(name for match in _REFUSED_BY_ALLOWLIST.findall(str(error)) for name in match if name)
+    return sorted(refused)
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The unpickler's own words, without torch's advice to disable weights_only (unsafe, and
+    pointless for a damaged file)."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split()) or type(error).__name__
 
 
 def _numpy_safe_globals() -> list[object]:
@@ -119,33 +298,76 @@ def _numpy_safe_globals() -> list[object]:
     return [numpy.ndarray, numpy.dtype, *dtype_classes, *reconstructors]
 
 
-def _refusal_message(path: Path, error: pickle.UnpicklingError) -> str:
-    try:  # lists the globals outside the allowlist that is active around this call
-        refused = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (RuntimeError, ValueError, OSError):  # e.g. a legacy (non-zip) file: torch's message says it
-        refused = []
-    what = f"the pickled global(s) {', '.join(refused)}" if refused else f"its content ({error})"
+def _trust_message(path: Path, refused: list[str]) -> str:
     return (
-        f"{path}: refused to unpickle {what}. Only tensors, plain containers and numpy scalars/arrays are "
-        "read, so no code from the file runs. If you trust the file, re-save only its weights: "
-        f"python -c \"import torch; c = torch.load({str(path)!r}, weights_only=False); "
+        f"{path}: refused to unpickle the pickled global(s) {', '.join(refused)}. Only tensors, plain containers "
+        "and numpy scalars/arrays are read, so no code from the file runs. If you trust the file, re-save only "
+        f"its weights: python -c \"import torch; c = torch.load({str(path)!r}, weights_only=False); "
         f"torch.save({{'state_dict': c['state_dict']}}, {str(path.with_name(path.stem + '_weights.pth'))!r})\""
     )
 
 
-def _unwrap(content: object, path: Path) -> dict[str, torch.Tensor]:
+# ---- choosing the weights -----------------------------------------------------------------------
+
+_MAIN_WRAPPERS = ("state_dict", "model")
+_EMA_WRAPPERS = ("ema_state_dict", "ema")  # mmengine EMAHook; other trainers' EMA copies
+_DDP_PREFIX = "module."  # DistributedDataParallel, and mmengine's averaged model (BaseAveragedModel.module)
+_AVERAGED_MODEL_COUNTER = "steps"  # BaseAveragedModel's update counter, beside its module.* entries
+
+
+def select_weights(content: object, source: str, use_ema: bool = False) -> CheckpointWeights:
+    """Chooses the weights in a loaded checkpoint ``content`` (see the module docstring)."""
     if not isinstance(content, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(content).__name__}")
-    for wrapper in ("state_dict", "model", "ema"):
-        if isinstance(content.get(wrapper), Mapping):
-            content = content[wrapper]
-            break
-    tensors = {key: value for key, value in content.items() if isinstance(value, torch.Tensor)}
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(content).__name__}")
+    main = next((key for key in _MAIN_WRAPPERS if isinstance(content.get(key), Mapping)), None)
+    ema = next((key for key in _EMA_WRAPPERS if isinstance(content.get(key), Mapping)), None)
+    dropped = []
+    chosen, left = (ema, main) if (use_ema or main is None) and ema is not None else (main, ema)
+    if left is not None:
+        count = sum(isinstance(value, torch.Tensor) for value in content[left].values())
+        dropped.append(f"'{left}' ({count} tensors)")
+    tensors = _tensors(content[chosen] if chosen is not None else content, source, dropped)
+
+    copies = {key: _ema_buffer_name(key) for key in tensors if _ema_buffer_name(key) in tensors}
+    if copies:
+        ema_names = set(copies.values())
+        if use_ema:
+            tensors = {key: tensors[copies.get(key, key)] for key in tensors if key not in ema_names}
+            dropped.append(f"main weights ({len(copies)} entries, replaced by their ema_* copies)")
+        else:
+            tensors = {key: value for key, value in tensors.items() if key not in ema_names}
+            dropped.append(f"EMA copy ({len(copies)} ema_* entries)")
+    elif use_ema and chosen not in _EMA_WRAPPERS:
+        raise CheckpointError(
+            f"{source}: use_ema asks for the EMA copy, but the file holds none (looked for "
+            f"{' / '.join(repr(key) for key in _EMA_WRAPPERS)} beside the weights and ema_<name> entries); "
+            "load it without use_ema / --use-ema"
+        )
+    return CheckpointWeights(tensors, tuple(dropped), use_ema=use_ema)
+
+
+def _ema_buffer_name(key: str) -> str:
+    """mmdet 2.x BaseEMAHook's buffer name for a state-dict entry ("." is not allowed in buffer names)."""
+    return "ema_" + key.replace(".", "_")
+
+
+def _tensors(state: Mapping, source: str, dropped: list[str]) -> dict[str, torch.Tensor]:
+    """The tensor entries, without a ``module.`` prefix (and an averaged model's counter beside it)."""
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(map(str, content))[:10]})")
-    if all(key.startswith("module.") for key in tensors):
-        tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
-    return tensors
+        raise CheckpointError(f"{source}: no tensors found (top-level keys: {sorted(map(str, state))[:10]})")
+    prefixed = [key for key in tensors if key.startswith(_DDP_PREFIX)]
+    if not prefixed:
+        return tensors
+    counter = tensors.get(_AVERAGED_MODEL_COUNTER)
+    if counter is not None and counter.dim() == 0 and not counter.is_floating_point():
+        del tensors[_AVERAGED_MODEL_COUNTER]
+        dropped.append(f"'{_AVERAGED_MODEL_COUNTER}' (the update counter of an averaged model)")
+    unprefixed = {key.removeprefix(_DDP_PREFIX): value for key, value in tensors.items()}
+    if len(unprefixed) < len(tensors):
+        twice = sorted(key for key in tensors if key.startswith(_DDP_PREFIX) and key.removeprefix(_DDP_PREFIX) in tensors)
+        raise CheckpointError(f"{source}: {len(twice)} entries are stored both with and without the 'module.' prefix, e.g. {twice[0]}")
+    return unprefixed
 
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> Layout:
@@ -198,13 +420,25 @@ def mmdet3_to_sensex(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return _convert(state, to_mmdet3=False)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
-    """Loads an official (either layout) or our own checkpoint into ``model``, strictly."""
-    state = read_state_dict(path)
-    return load_state_dict(model, state, source=str(path))
+def load_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = False) -> LoadReport:
+    """Loads an official (either layout) or our own checkpoint into ``model``, strictly.
+
+    ``use_ema``: load the EMA-named copy instead of the main weights (see the module docstring).
+    What was left out is logged in one line and returned in the report.
+    """
+    weights = read_checkpoint(path, use_ema)
+    report = load_state_dict(model, weights.state, source=str(path))
+    if weights.dropped:
+        copy = "EMA-named copy" if use_ema else "weights"
+        logger.info("%s: loaded the %s; dropped %s", path, copy, "; ".join(weights.dropped))
+    return replace(report, dropped=weights.dropped, use_ema=use_ema)
+
+
+_LISTED_PER_KIND = 20  # keys listed per kind of problem; the counts cover the rest
 
 
 def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "<state dict>") -> LoadReport:
+    """Loads ``state`` (either layout) into ``model`` strictly; CheckpointError lists what does not fit."""
     layout = detect_layout(state)
     if layout == "sensex":
         state = sensex_to_mmdet3(state)
@@ -213,29 +447,101 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 
     training_only = sorted(key for key in state if key.startswith(TRAINING_ONLY_PREFIXES))
     usable = {}
-    problems = []
+    unexpected, mismatched = [], []
     for key, value in state.items():
         if key in training_only or key.endswith(_BATCH_NORM_COUNTER):
             continue
         if key in derived:
             if not torch.equal(value.to(derived[key].device), derived[key]):
-                problems.append(f"{key}: stored window index differs from the one this window size implies")
+                mismatched.append(f"{key}: stored window index differs from the one this window size implies")
             continue
         if key not in expected:
-            problems.append(f"unexpected key {key} {tuple(value.shape)}")
+            unexpected.append(f"unexpected key {key} {tuple(value.shape)}")
         elif value.shape != expected[key].shape:
-            problems.append(f"shape mismatch {key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+            mismatched.append(f"shape mismatch {key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
         else:
             usable[key] = value
-    problems.extend(f"missing key {key}" for key in expected if key not in state)
+    missing = [f"missing key {key}" for key in expected if key not in state]
+    problems = len(unexpected) + len(mismatched) + len(missing)
     if problems:
-        listing = "\n  ".join(problems)
-        raise CheckpointError(f"{source} ({layout} layout) does not fit the model, {len(problems)} problem(s):\n  {listing}")
+        summary = (
+            f"{source} ({layout} layout) does not fit the model, {problems} problem(s): the checkpoint looks like "
+            f"{describe_state(state)}; the model is {describe_state(expected)}. Keys: {len(usable)} match, "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched."
+        )
+        listing = [*_capped(missing, "missing"), *_capped(unexpected, "unexpected"), *_capped(mismatched, "mismatched")]
+        raise CheckpointError("\n  ".join([summary, *listing]))
     if training_only:
         groups = sorted({".".join(key.split(".")[:2]) for key in training_only})
         logger.info("%s: dropped %d training-only entries (%s)", source, len(training_only), ", ".join(groups))
     model.load_state_dict(usable, strict=True)
     return LoadReport(layout=layout, loaded=len(usable), dropped_training_only=tuple(training_only))
+
+
+def _capped(lines: list[str], kind: str) -> list[str]:
+    if len(lines) <= _LISTED_PER_KIND:
+        return lines
+    return [*lines[:_LISTED_PER_KIND], f"... and {len(lines) - _LISTED_PER_KIND} more {kind}"]
+
+
+# ---- which model a state dict belongs to ---------------------------------------------------------
+
+# (embed_dims, depths) -> name, from the Swin paper's Table 1 (Liu et al. 2021, arXiv:2103.14030).
+_SWIN_NAMES = {
+    (96, (2, 2, 6, 2)): "Swin-T",
+    (96, (2, 2, 18, 2)): "Swin-S",
+    (128, (2, 2, 18, 2)): "Swin-B",
+    (192, (2, 2, 18, 2)): "Swin-L",
+}
+# (bottleneck blocks, blocks per stage) -> name, from the ResNet paper's Table 1 (He et al. 2016).
+_RESNET_NAMES = {
+    (False, (2, 2, 2, 2)): "ResNet-18",
+    (False, (3, 4, 6, 3)): "ResNet-34",
+    (True, (3, 4, 6, 3)): "ResNet-50",
+    (True, (3, 4, 23, 3)): "ResNet-101",
+    (True, (3, 8, 36, 3)): "ResNet-152",
+}
+_DETECTOR_PREFIXES = ("backbone.", "neck.", "query_head.")
+
+
+def describe_state(state: Mapping[str, torch.Tensor]) -> str:
+    """One phrase naming the detector a state dict (our layout) belongs to: backbone, number of
+    classes (rows of ``cls_branches.0``), queries and encoder/decoder layers."""
+    if not any(key.startswith(_DETECTOR_PREFIXES) for key in state):
+        return f"no Co-DETR detector (first keys: {', '.join(list(state)[:5])})"
+    parts = [_describe_backbone(state)]
+    classes = state.get("query_head.cls_branches.0.weight")
+    if classes is not None:
+        parts.append(f"{classes.shape[0]} classes")
+    queries = state.get("query_head.transformer.query_embed.weight")
+    if queries is not None:
+        parts.append(f"{queries.shape[0]} queries")
+    for part in ("encoder", "decoder"):
+        layers = _indices(state, f"query_head.transformer.{part}.layers.")
+        if layers:
+            parts.append(f"{len(layers)} {part} layers")
+    return ", ".join(parts)
+
+
+def _indices(state: Mapping[str, torch.Tensor], prefix: str) -> set[int]:
+    """The numbers that follow ``prefix`` in the keys (module list indices)."""
+    return {int(key[len(prefix):].split(".")[0]) for key in state if key.startswith(prefix) and key[len(prefix):].split(".")[0].isdigit()}
+
+
+def _describe_backbone(state: Mapping[str, torch.Tensor]) -> str:
+    patch_embed = state.get("backbone.patch_embed.projection.weight")
+    if patch_embed is not None:
+        stages = sorted(_indices(state, "backbone.stages."))
+        depths = tuple(len(_indices(state, f"backbone.stages.{stage}.blocks.")) for stage in stages)
+        name = _SWIN_NAMES.get((patch_embed.shape[0], depths), f"Swin (embed_dims {patch_embed.shape[0]}, depths {list(depths)})")
+        return f"a {name} backbone"
+    if "backbone.conv1.weight" in state:
+        stages = [len(_indices(state, f"backbone.layer{stage}.")) for stage in range(1, 5)]
+        bottleneck = "backbone.layer1.0.conv3.weight" in state
+        name = _RESNET_NAMES.get((bottleneck, tuple(stages)), f"ResNet ({'bottleneck' if bottleneck else 'basic'} blocks {stages})")
+        return f"a {name} backbone"
+    components = sorted({key.split(".")[1] for key in state if key.startswith("backbone.")})
+    return f"an unknown backbone (backbone.{{{', '.join(components[:5])}}})" if components else "no backbone"
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, layout: Layout = "mmdet3") -> None:

@@ -3,7 +3,10 @@
 Never part of an exported graph. The official Co-DINO test_cfg applies class-aware soft-NMS
 (mmcv ``soft_nms``, linear decay, iou_threshold 0.8, min_score 1e-3) to the top-300 detections;
 ``soft_nms`` below re-implements that rule. Boxes are clamped to the original image (the official
-code clamps to the network input only, which can leave boxes in the padding).
+code clamps to the network input only, which can leave boxes in the padding). Detections whose
+clamped box has zero width or height are dropped: they cover no pixel of the image (boxes lying
+wholly in the padding or outside the image clamp to zero area; random weights give many), and
+every runtime's output goes through here, so all drop the same ones.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class ImageDetections:
 
 
 def postprocess(detections: Detections, batch: Batch, nms: NmsConfig, score_threshold: float = 0.0) -> list[ImageDetections]:
-    """Per image: rescale to original pixels, NMS as configured, then keep scores > threshold."""
+    """Per image: rescale to original pixels and clamp to the image, drop zero-width or
+    zero-height boxes, NMS as configured, then keep scores > threshold."""
     results = []
     for index in range(detections.boxes.shape[0]):
         scale = batch.scale_factors[index].repeat(2).to(detections.boxes.device)
@@ -37,6 +41,8 @@ def postprocess(detections: Detections, batch: Batch, nms: NmsConfig, score_thre
         boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([width, height, width, height]))
         scores = detections.scores[index].float()
         labels = detections.labels[index]
+        has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, labels = boxes[has_area], scores[has_area], labels[has_area]
         boxes, scores, labels = apply_nms(boxes, scores, labels, nms)
         keep = scores > score_threshold
         results.append(ImageDetections(boxes[keep].cpu(), scores[keep].cpu(), labels[keep].cpu()))

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_image
 
 from codetr.config import PreprocessConfig
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 @dataclass(frozen=True)
@@ -35,18 +31,6 @@ class Batch:
     image_sizes: torch.Tensor
     scale_factors: torch.Tensor
     original_sizes: torch.Tensor
-
-
-def load_image(path: str | Path) -> torch.Tensor:
-    """RGB uint8 [3, H, W] with EXIF orientation applied; clear errors for missing/undecodable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"cannot decode image {path}: {error}") from error
 
 
 def rescaled_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:

@@ -23,9 +23,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # codetr_build is not an installed package
+sys.path.insert(0, str(ROOT / "tests"))  # the plugin harness is test code of the checkout
 
 from codetr.ops import msda_reference  # noqa: E402
-from codetr.tensorrt.plugin_harness import (  # noqa: E402
+from plugin_harness import (  # noqa: E402
     PluginFieldType,
     PluginHarness,
     TrtDataType,

@@ -6,7 +6,9 @@ Markers (declared in pyproject.toml): ``cuda`` tests skip on machines without a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -133,3 +135,144 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("synthetic") / "dataset"
     generate_dataset(root, train_images=6, val_images=4, size=(128, 128), seed=0)
     return root
+
+
+# ---- exported models and their metadata (runtime, predictor and infer tests) -------------------
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY_EXPORT_SIZE = 64
+"""Side of the square static tiny exports: a square canvas takes portrait and landscape images
+under the config's keep-ratio resize."""
+
+
+def tiny_metadata_document(**changes: object) -> dict:
+    """A codetr-export/2 metadata document for configs/tiny.toml exported static at
+    TINY_EXPORT_SIZE square, batch 1, float32; ``changes`` replace top-level sections or, with
+    dotted keys ("input.batch_size"), single values."""
+    import dataclasses
+
+    from codetr.config import load_config
+
+    config = load_config(TINY_CONFIG)
+    side = {"min": TINY_EXPORT_SIZE, "opt": TINY_EXPORT_SIZE, "max": TINY_EXPORT_SIZE}
+    preprocess = dataclasses.replace(config.preprocess, scale=(TINY_EXPORT_SIZE,) * 2, pad_size=(TINY_EXPORT_SIZE,) * 2)
+    document = {
+        "format": "codetr-export/2",
+        "model": {"config": config.name, "random_weights": True, "num_classes": config.model.num_classes,
+                  "class_names": list(config.class_names), "category_ids": list(config.coco_category_ids)},
+        "input": {"batch_size": 1, "height": dict(side), "width": dict(side), "multiple": 32, "dtype": "float32"},
+        "preprocessing": json.loads(json.dumps(dataclasses.asdict(preprocess))),
+        "postprocessing": json.loads(json.dumps(dataclasses.asdict(config.test))),
+        "precision": {"dtype": "float32", "allow_tf32": False},
+        "msda": "plugin",
+        "files": {"exported_program": "model.pt2", "onnx": "model.onnx"},
+        "skipped": {},
+        "versions": {},
+    }
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        section = document
+        for parent in parents:
+            section = section[parent]
+        section[last] = value
+    return document
+
+
+@pytest.fixture
+def metadata_document() -> Callable[..., dict]:
+    """Factory fixture: ``metadata_document(**changes)`` (see :func:`tiny_metadata_document`)."""
+    return tiny_metadata_document
+
+
+def _export_tiny(folder: Path, dtype: str, artifacts: str, *extra: str) -> Path:
+    """configs/tiny.toml exported by ``codetr export`` (random weights, plugin MSDA, static
+    TINY_EXPORT_SIZE square, batch 1) with the metadata.json the export writes."""
+    from codetr.cli import main
+
+    side = str(TINY_EXPORT_SIZE)
+    arguments = ["export", "--config", str(TINY_CONFIG), "--output", str(folder), "--dtype", dtype,
+                 "--height", side, "--width", side, "--artifacts", artifacts, "--msda", "plugin", *extra]
+    assert main(arguments) == 0, f"codetr {' '.join(arguments)} failed"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_float16_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a real float16 export of configs/tiny.toml: model.pt2, model.onnx (plugin
+    node), metadata.json (static 64x64, batch 1)."""
+    return _export_tiny(tmp_path_factory.mktemp("tiny_float16"), "float16", "exported_program,onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_bfloat16_onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a real bfloat16 ONNX export of configs/tiny.toml (opset 22: bfloat16 Conv)."""
+    return _export_tiny(tmp_path_factory.mktemp("tiny_bfloat16"), "bfloat16", "onnx", "--opset", "22")
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY_IMAGE_SIZE = (64, 64)
+"""(h, w) of the evaluation test images: kept as is by the tiny config's resize (scale 96x64) and
+by a static 64x64 export's (whose resize limits are 64x64, orientation-free: codetr.export's
+export_preprocessing), so eager and exported models see the same canvas."""
+TINY_CATEGORY_IDS = {"cat": 17, "dog": 18, "car": 3, "tree": 90, "cup": 47}
+"""Annotation-file category ids of the tiny config's classes (deliberately not label + 1)."""
+
+
+def tiny_predictor_factory():
+    """The eager tiny model with deterministic random weights on the CPU, as a
+    :class:`codetr.runtime.predictor.Predictor`."""
+    from codetr.config import load_config
+    from codetr.runtime.predictor import Predictor
+
+    return Predictor.from_config(load_config(TINY_CONFIG), device="cpu")
+
+
+def write_tiny_coco(root: Path, images: int = 5, per_image: int = 3, seed: int = 0) -> tuple[Path, Path]:
+    """A COCO-format dataset under ``root`` (``instances.json`` and ``images/NNNN.png``, random
+    pixels) whose ground truth is the eager tiny model's own top ``per_image`` detections, each
+    corner moved by up to 1 px: AP is neither 0 nor 1 and depends on every box and score.
+    Returns (annotation_file, image_dir)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(seed)
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True)
+    predictor = tiny_predictor_factory()
+    entries, annotations = [], []
+    for image_id in range(1, images + 1):
+        pixels = generator.integers(0, 256, (*TINY_IMAGE_SIZE, 3), dtype=np.uint8)
+        file_name = f"{image_id:04d}.png"
+        Image.fromarray(pixels).save(image_dir / file_name)
+        entries.append({"id": image_id, "file_name": file_name, "height": TINY_IMAGE_SIZE[0], "width": TINY_IMAGE_SIZE[1]})
+        detections = predictor([torch.from_numpy(pixels).permute(2, 0, 1).contiguous()])[0]
+        for box, label in zip(detections.boxes[:per_image].tolist(), detections.labels[:per_image].tolist()):
+            x1, y1, x2, y2 = (value + generator.uniform(-1, 1) for value in box)
+            width, height = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "bbox": [x1, y1, width, height], "area": width * height,
+                 "category_id": TINY_CATEGORY_IDS[predictor.class_names[label]], "iscrowd": 0}
+            )
+    categories = [{"id": category_id, "name": name} for name, category_id in sorted(TINY_CATEGORY_IDS.items())]
+    annotation_file = root / "instances.json"
+    annotation_file.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": categories}))
+    return annotation_file, image_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor() -> Callable:
+    """Factory: ``tiny_predictor()`` -> a new Predictor of the eager tiny model on the CPU."""
+    return tiny_predictor_factory
+
+
+@pytest.fixture(scope="session")
+def make_tiny_coco():
+    """Factory: ``make_tiny_coco(root, images=5)`` -> (annotation_file, image_dir); see write_tiny_coco."""
+    return write_tiny_coco
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> tuple[Path, Path]:
+    """One shared 5-image tiny-model dataset (read only): (annotation_file, image_dir)."""
+    return write_tiny_coco(tmp_path_factory.mktemp("tiny_coco"))

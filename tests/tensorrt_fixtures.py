@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from codetr.tensorrt.plugin_harness import PluginHarness, compile_harness
+from codetr.contract.cache import cache_dir
+from plugin_harness import PluginHarness, compile_harness
 from codetr_build.cuda_toolkit import find_cuda_home, static_cudart_dir
 from codetr_build.tensorrt_plugin import (
     KERNEL_SOURCE,
@@ -24,7 +25,7 @@ from codetr_build.tensorrt_plugin import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codetr" / "test_plugin"
+CACHE = cache_dir("test_plugin")
 # One architecture keeps the kernel compile short; the code under test is the same.
 TEST_ARCH = "9.0"
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 
 from codetr.checkpoint import (
     CheckpointError,
+    describe_state,
     load_checkpoint,
     load_state_dict,
     mmdet3_to_sensex,
@@ -288,8 +291,14 @@ def test_unsafe_and_corrupt_files_are_rejected(tmp_path):
     exploit = tmp_path / "exploit.pth"
     with exploit.open("wb") as file:
         pickle.dump({"state_dict": {"x": _Exploit()}}, file)
-    with pytest.raises(CheckpointError, match="refused to unpickle|not a readable"):
+    with pytest.raises(CheckpointError, match="not a checkpoint: it looks like a Python pickle that torch.save did not write"):
         load_checkpoint(build_model(tiny_config()), exploit)
+    assert not marker.exists()
+    legacy_exploit = tmp_path / "legacy_exploit.pth"  # torch.save's legacy pickle format, naming the global
+    torch.save({"state_dict": {"x": _Exploit()}}, legacy_exploit, _use_new_zipfile_serialization=False)
+    marker.unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match=r"refused to unpickle the pickled global\(s\) (getattr|pathlib)"):
+        load_checkpoint(build_model(tiny_config()), legacy_exploit)
     assert not marker.exists()
 
     garbage = tmp_path / "garbage.pth"
@@ -388,3 +397,192 @@ def test_numpy_allowlist_opens_no_code_execution(tmp_path):
     torch.save({"meta": {"x": np.array(["a", 1], dtype=object)}, "state_dict": state}, object_array)
     with pytest.raises(CheckpointError, match="refused to unpickle"):
         load_checkpoint(build_model(tiny_config()), object_array)
+
+
+# ---- EMA copies and prefixes ----------------------------------------------------------------------
+
+def _shifted(state: dict[str, torch.Tensor], offset: float) -> dict[str, torch.Tensor]:
+    """A distinguishable copy: floats moved by offset, integer buffers kept."""
+    return {key: value + offset if value.is_floating_point() else value.clone() for key, value in state.items()}
+
+
+@pytest.mark.parametrize(("make_config", "layout"), [(tiny_config, "mmdet3"), (tiny_swin_config, "sensex")])
+def test_mmdet2_ema_buffers_are_dropped_or_loaded_on_request(tmp_path, make_config, layout, caplog):
+    config = make_config()
+    main = official_state_dict(config, layout)
+    main.update({key: torch.zeros(shape) for key, shape in TRAINING_ONLY.items()})
+    # mmdet 2.x BaseEMAHook: one buffer per state-dict entry, "." replaced by "_" (lossy: names keep their "_")
+    ema = {"ema_" + key.replace(".", "_"): value for key, value in _shifted(main, 1.0).items()}
+    assert "ema_backbone_conv1_weight" in ema or "ema_backbone_layers_0_blocks_0_attn_qkv_weight" in ema
+    path = tmp_path / "ema.pth"
+    torch.save({"state_dict": {**main, **ema}, "meta": {"epoch": 12}}, path)
+
+    model = build_model(config, seed=4)
+    with caplog.at_level(logging.INFO, logger="codetr.checkpoint"):
+        report = load_checkpoint(model, path)
+    assert report.dropped == (f"EMA copy ({len(main)} ema_* entries)",) and not report.use_ema
+    assert f"loaded the weights; dropped EMA copy ({len(main)} ema_* entries)" in caplog.text
+    expected = sensex_to_mmdet3(main) if layout == "sensex" else main
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+    ema_model = build_model(config, seed=4)
+    report = load_checkpoint(ema_model, path, use_ema=True)
+    assert report.use_ema and report.dropped == (f"main weights ({len(main)} entries, replaced by their ema_* copies)",)
+    shifted = _shifted(expected, 1.0)
+    for key, value in ema_model.state_dict().items():
+        assert torch.equal(value, shifted[key]), key
+
+
+def test_mmengine_ema_state_dict_and_averaged_model_prefix(tmp_path, caplog):
+    source = build_model(tiny_config(), seed=3).state_dict()
+    averaged = {f"module.{key}": value for key, value in _shifted(source, 0.5).items()}
+    averaged["steps"] = torch.tensor(1200)  # BaseAveragedModel's counter, not prefixed
+    path = tmp_path / "mmengine_ema.pth"
+    torch.save({"state_dict": source, "ema_state_dict": averaged, "meta": {}}, path)
+
+    model = build_model(tiny_config(), seed=4)
+    with caplog.at_level(logging.INFO, logger="codetr.checkpoint"):
+        report = load_checkpoint(model, path)
+    assert report.dropped == (f"'ema_state_dict' ({len(averaged)} tensors)",)
+    assert "dropped 'ema_state_dict'" in caplog.text
+    assert torch.equal(model.query_head.cls_branches[0].weight, source["query_head.cls_branches.0.weight"])
+
+    report = load_checkpoint(model, path, use_ema=True)
+    assert set(report.dropped) == {f"'state_dict' ({len(source)} tensors)", "'steps' (the update counter of an averaged model)"}
+    assert torch.equal(model.query_head.cls_branches[0].weight, source["query_head.cls_branches.0.weight"] + 0.5)
+
+    bare = tmp_path / "averaged_model.pth"  # an averaged model's own state saved on its own
+    torch.save(averaged, bare)
+    load_checkpoint(model, bare)
+    assert torch.equal(model.neck.convs[0].gn.bias, source["neck.convs.0.gn.bias"] + 0.5)
+
+
+def test_use_ema_without_an_ema_copy_is_an_error(tmp_path):
+    path = tmp_path / "plain.pth"
+    save_checkpoint(build_model(tiny_config()), path)
+    with pytest.raises(CheckpointError, match="use_ema asks for the EMA copy, but the file holds none"):
+        load_checkpoint(build_model(tiny_config()), path, use_ema=True)
+
+
+def test_weights_stored_with_and_without_the_ddp_prefix_are_refused():
+    state = dict(build_model(tiny_config()).state_dict())
+    state["module.neck.convs.0.gn.bias"] = state["neck.convs.0.gn.bias"]
+    from codetr.checkpoint import select_weights
+
+    with pytest.raises(CheckpointError, match="both with and without the 'module.' prefix, e.g. module.neck.convs.0.gn.bias"):
+        select_weights(state, "twice.pth")
+
+
+# ---- files that are not checkpoints -------------------------------------------------------------
+
+def _jpeg_bytes() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    return buffer.getvalue()
+
+
+def _torchscript_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # torch.jit is deprecated, but its files are still around
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buffer)
+    return buffer.getvalue()
+
+
+def _exported_program_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),)), buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "looks_like"),
+    [
+        (_jpeg_bytes, "a JPEG image"),
+        (lambda: b"\x89PNG\r\n\x1a\n" + bytes(40), "a PNG image"),
+        (lambda: b"epoch 12: bbox_mAP 0.58\nsecond line\n", "text starting 'epoch 12: bbox_mAP 0.58'"),
+        (lambda: b"<!DOCTYPE html><html><body>Sign in</body></html>", "an HTML page"),
+        (lambda: b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n", "a Git LFS pointer"),
+        (lambda: b"", "an empty file"),
+        (lambda: pickle.dumps({"state_dict": {}}, protocol=4), "a Python pickle that torch.save did not write"),
+        (_zip_bytes, "a zip archive that torch.save did not write"),
+        (_torchscript_bytes, "a TorchScript program (torch.jit.save), not a checkpoint"),
+        (_exported_program_bytes, "an ExportedProgram (.pt2, torch.export.save), not a checkpoint"),
+        (lambda: bytes(range(200, 256)) * 4, "unrecognised binary data (first bytes c8 c9 ca cb"),
+    ],
+)
+def test_foreign_files_are_named_without_unsafe_advice(tmp_path, content, looks_like):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content())
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(build_model(tiny_config()), path)
+    message = str(error.value)
+    assert f"{path} is not a checkpoint: it looks like {looks_like}" in message
+    assert "weights_only" not in message and "trust" not in message
+
+
+def test_damaged_checkpoint_pickle_gets_no_unsafe_advice(tmp_path):
+    good = tmp_path / "good.pth"
+    save_checkpoint(build_model(tiny_config()), good)
+    damaged = tmp_path / "damaged.pth"
+    with zipfile.ZipFile(good) as reader, zipfile.ZipFile(damaged, "w") as writer:
+        for name in reader.namelist():
+            data = reader.read(name)
+            writer.writestr(name, b"\x80\x02\xff\xfe garbage opcodes" if name.endswith("data.pkl") else data)
+    for path in (damaged, tmp_path / "legacy_damaged.pth"):
+        if path.name.startswith("legacy"):  # torch.save's legacy header, then garbage
+            path.write_bytes(b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little") + b"\xff\xfe" * 20)
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(build_model(tiny_config()), path)
+        message = str(error.value)
+        assert str(path) in message and ("damaged" in message or "truncated" in message)
+        assert "weights_only" not in message and "refused" not in message
+
+
+# ---- another model's checkpoint -----------------------------------------------------------------
+
+def test_other_architecture_gets_a_summary_then_a_capped_listing(tmp_path):
+    path = tmp_path / "swin.pth"
+    save_checkpoint(build_model(tiny_swin_config()), path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(build_model(tiny_config()), path)
+    lines = str(error.value).splitlines()
+    checkpoint = build_model(tiny_swin_config()).state_dict()
+    model = build_model(tiny_config()).state_dict()
+    unexpected = {key for key in checkpoint if key not in model}
+    missing = {key for key in model if key not in checkpoint and not key.endswith("num_batches_tracked")}
+    mismatched = {key for key in checkpoint if key in model and checkpoint[key].shape != model[key].shape}
+    matched = len(checkpoint) - len(unexpected) - len(mismatched)
+    assert len(mismatched) == 4  # the neck's input convolutions: Swin and ResNet channels differ
+    assert lines[0] == (
+        f"{path} (mmdet3 layout) does not fit the model, {len(unexpected) + len(missing) + len(mismatched)} problem(s): "
+        "the checkpoint looks like a Swin (embed_dims 16, depths [2, 2, 2]) backbone, 5 classes, 32 queries, 1 encoder layers, "
+        "2 decoder layers; the model is a ResNet-18 backbone, 5 classes, 32 queries, 1 encoder layers, 2 decoder layers. "
+        f"Keys: {matched} match, {len(missing)} missing, {len(unexpected)} unexpected, 4 mismatched."
+    )
+    assert lines[21].strip() == f"... and {len(missing) - 20} more missing"
+    assert lines[42].strip() == f"... and {len(unexpected) - 20} more unexpected"
+    assert [line.split()[0] for line in lines[43:]] == ["shape"] * 4
+    assert len(lines) == 1 + 21 + 21 + 4
+
+
+def test_describe_state_names_official_backbones_and_class_counts():
+    config = load_config(CONFIGS / "co_dino_5scale_swin_l_16xb1_16e_o365tococo.toml")
+    with torch.device("meta"):
+        swin_l = build_model(config, seed=None).state_dict()
+    assert describe_state(swin_l).startswith(f"a Swin-L backbone, {config.model.num_classes} classes, 900 queries")
+    config = load_config(CONFIGS / "co_dino_5scale_r50_lsj_8xb2_1x_coco.toml")
+    with torch.device("meta"):
+        r50 = build_model(config, seed=None).state_dict()
+    assert describe_state(r50).startswith("a ResNet-50 backbone, 80 classes, 900 queries")
+    assert describe_state({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}) == "no Co-DETR detector (first keys: conv1.weight, fc.weight)"

@@ -1,4 +1,4 @@
-"""Export options and the export.py command line: bad input gives a clear error before any work.
+"""Export options and the ``codetr export`` command line: bad input gives a clear error before any work.
 
 These tests build no model and export nothing, so they take well under a second each.
 """
@@ -13,21 +13,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from codetr.export import Artifact, DimRange, ExportError, ExportOptions, MsdaMode
-from codetr.export.cli import main
-from codetr.export.program import largest_feature_stride
 from codetr.atomic import atomic_path
-from codetr.export.stages import StageLog
+from codetr.cli import main
 from codetr.config import load_config
 from codetr.contract.artifacts import CompileMode
+from codetr.export import Artifact, DimRange, ExportError, ExportOptions, MsdaMode
+from codetr.export.program import (
+    check_input_sizes,
+    encoder_tokens,
+    feature_strides,
+    largest_feature_stride,
+    max_input_side,
+    smallest_square_side,
+)
+from codetr.export.stages import StageLog
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """Exit status and stderr of ``export.py args``."""
+    """Exit status and stderr of ``codetr export args``."""
     try:
-        status = main(list(args))
+        status = main(["export", *args])
     except SystemExit as exit_:
         status = exit_.code
     return status, capsys.readouterr().err
@@ -43,7 +50,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ({"artifacts": (Artifact.ENGINE,)}, "engine is built from the ONNX model"),
         ({"msda": MsdaMode.NVIDIA, "dtype": torch.bfloat16}, "float32 and float16 only"),
         ({"dynamic_height": DimRange(128, 512), "height": 640}, "dynamic_height 128:512 must satisfy"),
-        ({"opset": 13}, "opset must be >= 16"),
+        ({"opset": 13}, "opset 13 cannot be honoured: torch.onnx writes opset 18 at least"),
+        ({"opset": 16}, "opset 16 cannot be honoured"),
+        ({"opset": 17}, "opset 17 cannot be honoured"),
+        ({"opset": 23}, "goes up to opset 22"),
+        ({"dtype": torch.bfloat16, "opset": 18}, "bfloat16 ONNX needs opset >= 22"),
+        ({"artifacts": (Artifact.EXPORTED_PROGRAM, Artifact.AOTI)}, "aoti cannot be requested here"),
+        ({"embed_plugin": True, "artifacts": (Artifact.ONNX,)}, "embed_plugin: only an engine"),
+        ({"torch_tensorrt": CompileMode.HYBRID}, "Torch-TensorRT compiles on a CUDA GPU"),
         ({"torch_tensorrt": "hybrid"}, r"torch_tensorrt must be None or a CompileMode \(hybrid, full\)"),
         ({"torch_tensorrt": CompileMode.FULL, "msda": MsdaMode.DECOMPOSED}, "msda 'decomposed' has none"),
     ],
@@ -58,17 +72,59 @@ def test_missing_plugin_library_is_rejected(tmp_path: Path) -> None:
         ExportOptions(plugin_library=tmp_path / "missing.so")
 
 
+def test_opset_follows_the_dtype() -> None:
+    assert ExportOptions(dtype=torch.float32).onnx_opset == 18
+    assert ExportOptions(dtype=torch.float16).onnx_opset == 18
+    assert ExportOptions(dtype=torch.bfloat16).onnx_opset == 22
+    assert ExportOptions(dtype=torch.float16, opset=20).onnx_opset == 20
+
+
 def test_sizes_must_fit_the_model() -> None:
     config = load_config(TINY)
-    stride = largest_feature_stride(config)
-    assert stride == 64  # ResNet stages at strides 8, 16, 32 + one extra neck level
+    assert largest_feature_stride(config) == 64  # ResNet stages at strides 8, 16, 32 + one extra neck level
     with pytest.raises(ValueError, match=r"height must be a multiple of 32 .* got 100; nearest valid: 96 or 128"):
-        ExportOptions(height=100, width=96).check_sizes(32, stride)
+        check_input_sizes(config, ExportOptions(height=100, width=96))
     with pytest.raises(ValueError, match="dynamic_width MAX must be a multiple of 32"):
-        ExportOptions(height=128, width=128, dynamic_width=DimRange(128, 200)).check_sizes(32, stride)
+        check_input_sizes(config, ExportOptions(height=128, width=128, dynamic_width=DimRange(128, 200)))
     with pytest.raises(ValueError, match="dynamic_height MIN must be at least 128"):
-        ExportOptions(height=128, width=128, dynamic_height=DimRange(64, 256)).check_sizes(32, stride)
-    ExportOptions(height=160, width=96, dynamic_height=DimRange(128, 256)).check_sizes(32, stride)
+        check_input_sizes(config, ExportOptions(height=128, width=128, dynamic_height=DimRange(64, 256)))
+    check_input_sizes(config, ExportOptions(height=160, width=96, dynamic_height=DimRange(128, 256)))
+
+
+def test_encoder_tokens_by_hand() -> None:
+    config = load_config(TINY)
+    assert feature_strides(config) == (8, 16, 32, 64)
+    # 64x96: 8x12 + 4x6 + 2x3 + 1x2 feature pixels; 96x96: 12x12 + 6x6 + 3x3 + 2x2 (ceil(96/64) = 2).
+    assert encoder_tokens(config, 64, 96) == 96 + 24 + 6 + 2
+    assert encoder_tokens(config, 96, 96) == 144 + 36 + 9 + 4
+    # 32 queries: 32x32 gives 16 + 4 + 1 + 1 = 22 tokens, 64x64 gives 64 + 16 + 4 + 1 = 85.
+    assert smallest_square_side(config) == 64
+
+
+def test_fewer_tokens_than_queries_is_refused_naming_the_smallest_size() -> None:
+    config = load_config(TINY)
+    with pytest.raises(ValueError, match=r"input 32x32 gives the encoder 22 tokens, fewer than the model's 32 "
+                       r"queries .* smallest square input that works is 64x64"):
+        check_input_sizes(config, ExportOptions(height=32, width=32))
+    # Co-DINO R50 (strides 4..64, 900 queries): 64x64 has 16^2 + 8^2 + 4^2 + 2^2 + 1 = 341 tokens (the
+    # reported failure), 96x96 has 24^2 + 12^2 + 6^2 + 3^2 + 2^2 = 769, 128x128 has 1364.
+    r50 = load_config(TINY.parent / "co_dino_5scale_r50_lsj_8xb2_1x_coco.toml")
+    assert encoder_tokens(r50, 64, 64) == 341
+    with pytest.raises(ValueError, match="input 96x96 gives the encoder 769 tokens, fewer than the model's 900 "
+                       "queries .* smallest square input that works is 128x128"):
+        check_input_sizes(r50, ExportOptions(height=96, width=96))
+    check_input_sizes(r50, ExportOptions(height=128, width=128))
+
+
+def test_absurd_sizes_are_refused_naming_the_limit(capsys, tmp_path: Path) -> None:
+    config = load_config(TINY)
+    assert max_input_side(config) == 4 * 96  # 4x the tiny config's largest resize scale
+    with pytest.raises(ValueError, match=r"width 100000 is beyond this model's useful range: at most 384 pixels"):
+        check_input_sizes(config, ExportOptions(height=64, width=100000))
+    status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "100000", "--width", "100000",
+                             "--output", str(tmp_path / "out"))
+    assert status == 2 and "at most 384 pixels" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_dim_range_parse() -> None:
@@ -88,6 +144,10 @@ def test_dim_range_parse() -> None:
         (["--artifacts", "onnx,tflite"], "--artifacts: unknown tflite"),
         (["--dynamic-height", "64-256"], "--dynamic-height must be MIN:MAX"),
         (["--torch-tensorrt", "partial"], "argument --torch-tensorrt: invalid choice: 'partial'"),
+        (["--dtype", "bfloat16", "--opset", "18"], "bfloat16 ONNX needs opset >= 22"),
+        (["--opset", "17"], "opset 17 cannot be honoured"),
+        (["--artifacts", "aoti"], "--artifacts: unknown aoti"),
+        (["--height", "32", "--width", "32"], "smallest square input that works is 64x64"),
     ],
 )
 def test_cli_rejects_bad_arguments(capsys, tmp_path: Path, args: list[str], message: str) -> None:
@@ -160,4 +220,4 @@ def test_cli_rejects_torch_tensorrt_on_cpu(capsys, tmp_path: Path, monkeypatch) 
     status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96",
                              "--torch-tensorrt", "full", "--device", "cpu", "--output", str(tmp_path / "out"))
     assert status == 2
-    assert "--torch-tensorrt full: Torch-TensorRT compiles on a CUDA GPU; use --device cuda" in stderr
+    assert "torch_tensorrt full: Torch-TensorRT compiles on a CUDA GPU; use device cuda" in stderr

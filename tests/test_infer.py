@@ -1,4 +1,4 @@
-"""Pre-processing, post-processing and the ``python -m codetr infer`` command (tiny config, CPU)."""
+"""Pre-processing, post-processing and the ``codetr infer`` command (tiny config, CPU)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import decode_image, write_png
+from PIL import Image
+from torchvision.io import decode_image
 
 from codetr.__main__ import main
 from codetr.config import NmsConfig, PreprocessConfig, load_config
 from codetr.models import Detections, build_model
 from codetr.postprocess import coco_results, postprocess, soft_nms
-from codetr.preprocess import load_image, make_batch, rescaled_size, resize_keep_ratio
+from codetr.preprocess import make_batch, rescaled_size, resize_keep_ratio
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = CONFIGS / "tiny.toml"
@@ -86,15 +87,6 @@ def test_pad_with_mean_colour_is_zero_after_the_models_normalisation():
     assert seen[0][0, :, :38, :50].ne(0).any()
 
 
-def test_load_image_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_image(tmp_path / "absent.png")
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"definitely not a jpeg")
-    with pytest.raises(ValueError, match="cannot decode image .*broken.jpg"):
-        load_image(broken)
-
-
 # ---- post-processing --------------------------------------------------------------------------
 
 def test_soft_nms_hand_computed():
@@ -124,53 +116,197 @@ def test_postprocess_rescales_clamps_and_thresholds():
     assert entries == [{"image_id": 7, "category_id": 3, "bbox": [5.0, 10.0, 20.0, 20.0], "score": 0.9}]
 
 
+def test_zero_width_or_height_detections_are_dropped():
+    """Boxes that clamp to no area (in the padding, past the image, or degenerate) are dropped
+    before NMS and thresholds, whatever runtime produced them (issue 9 item 6)."""
+    detections = Detections(
+        boxes=torch.tensor([[
+            [10.0, 20.0, 50.0, 60.0],  # kept
+            [130.0, 10.0, 150.0, 30.0],  # right of the 120-wide content: clamps to x1 = x2 = 60
+            [10.0, 30.0, 40.0, 30.0],  # zero height
+            [0.0, 0.0, 0.5, 0.5],  # small but not empty: kept
+        ]]),
+        scores=torch.tensor([[0.9, 0.8, 0.7, 0.6]]),
+        labels=torch.tensor([[1, 0, 2, 3]]),
+    )
+    batch = make_batch([gradient_image(40, 60)], PreprocessConfig(scale=(120, 80)))  # scale factor 2
+    (result,) = postprocess(detections, batch, NmsConfig(kind="nms", iou_threshold=0.5))
+    assert result.labels.tolist() == [1, 3]
+    assert result.boxes.tolist() == [[5.0, 10.0, 25.0, 30.0], [0.0, 0.0, 0.25, 0.25]]
+
+
 # ---- the command ------------------------------------------------------------------------------
 
+def infer(*arguments: str) -> int:
+    return main(["infer", "--workers", "0", *arguments])
+
+
+def eager(inputs: Path, output: Path, *extra: str) -> int:
+    return infer("--config", str(TINY), "--input", str(inputs), "--output", str(output), *extra)
+
+
+def image_folder(folder: Path, images: dict[str, torch.Tensor]) -> Path:
+    folder.mkdir()
+    for name, image in images.items():
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / name)
+    return folder
+
+
 def test_infer_folder_writes_drawn_images_and_coco_json(tmp_path, capsys):
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    write_png(gradient_image(48, 80), str(inputs / "000000000042.png"))
-    write_png(gradient_image(70, 50), str(inputs / "street.png"))
+    inputs = image_folder(tmp_path / "inputs", {"000000000042.png": gradient_image(48, 80), "7.png": gradient_image(70, 50)})
     (inputs / "notes.txt").write_text("not an image")
     output = tmp_path / "out"
-    code = main(["infer", "--config", str(TINY), "--input", str(inputs), "--output", str(output), "--score-threshold", "0.2"])
-    assert code == 0
+    assert eager(inputs, output, "--score-threshold", "0.2", "--batch-size", "2") == 0
     results = json.loads((output / "results.json").read_text())
     images = json.loads((output / "images.json").read_text())
-    assert {entry["file_name"] for entry in images} == {"000000000042.png", "street.png"}
-    assert {entry["id"] for entry in images} == {42, 2}  # numeric stem -> COCO id, else position
+    assert images == [
+        {"id": 42, "file_name": "000000000042.png", "height": 48, "width": 80},  # distinct numeric stems -> COCO ids
+        {"id": 7, "file_name": "7.png", "height": 70, "width": 50},
+    ]
     config = load_config(TINY)
+    assert results
     for entry in results:
         assert set(entry) == {"image_id", "category_id", "bbox", "score"}
         assert entry["score"] > 0.2 and entry["category_id"] in config.coco_category_ids
         x, y, w, h = entry["bbox"]
-        size = {42: (48, 80), 2: (70, 50)}[entry["image_id"]]
-        assert 0 <= x <= x + w <= size[1] + 1e-3 and 0 <= y <= y + h <= size[0] + 1e-3
-    drawn = decode_image(str(output / "street.jpg"))
-    assert drawn.shape == (3, 70, 50)
-    assert (output / "000000000042.jpg").is_file()
+        size = {42: (48, 80), 7: (70, 50)}[entry["image_id"]]
+        assert 0 <= x and w > 0 and x + w <= size[1] + 1e-3 and 0 <= y and h > 0 and y + h <= size[0] + 1e-3
+    assert decode_image(str(output / "7.png.jpg")).shape == (3, 70, 50)
+    assert sorted(path.name for path in output.iterdir()) == ["000000000042.png.jpg", "7.png.jpg", "images.json", "results.json"]
     assert "2 image(s)" in capsys.readouterr().out
 
 
-def test_infer_with_checkpoint_and_errors(tmp_path, capsys, caplog):
-    from codetr.checkpoint import save_checkpoint
-    from codetr.models import build_model
+def test_same_stem_inputs_keep_their_own_drawings_and_ids(tmp_path):
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80), "a.jpg": gradient_image(70, 50), "2.png": gradient_image(40, 40)})
+    output = tmp_path / "out"
+    assert eager(inputs, output) == 0
+    assert decode_image(str(output / "a.png.jpg")).shape == (3, 48, 80)
+    assert decode_image(str(output / "a.jpg.jpg")).shape == (3, 70, 50)
+    images = json.loads((output / "images.json").read_text())
+    # not all stems are numbers: positions in name order, so "2.png" cannot collide with another id
+    assert [(entry["id"], entry["file_name"]) for entry in images] == [(1, "2.png"), (2, "a.jpg"), (3, "a.png")]
 
-    image = tmp_path / "one.png"
-    write_png(gradient_image(40, 60), str(image))
+
+def test_output_is_never_the_input_folder(tmp_path, capsys):
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80)})
+    before = {path.name: path.read_bytes() for path in inputs.iterdir()}
+    assert eager(inputs, inputs) == 2
+    assert f"--output {inputs} is the input folder" in capsys.readouterr().err
+    assert eager(inputs / "a.png", inputs / ".") == 2  # a single file's folder is its input folder too
+    assert "is the input folder" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in inputs.iterdir()} == before
+
+
+def test_output_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80)})
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    assert eager(inputs, existing) == 2
+    assert f"--output {existing} is an existing file" in capsys.readouterr().err
+    assert existing.read_text() == "keep me"
+
+
+def test_unreadable_images_are_named_and_skipped(tmp_path, capsys):
+    """Issue 9 item 5 and fault 5: a broken file costs only itself; 16-bit, grayscale, palette,
+    RGBA and CMYK images run like 8-bit RGB ones."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray((gradient_image(40, 60)[0].numpy().astype("uint16") * 257)).save(inputs / "deep.png")  # 16-bit
+    assert Image.open(inputs / "deep.png").mode.startswith("I")
+    rgb = Image.fromarray(gradient_image(40, 60).permute(1, 2, 0).numpy())
+    rgb.convert("L").save(inputs / "gray.png")
+    rgb.convert("P").save(inputs / "palette.png")
+    rgb.convert("RGBA").save(inputs / "alpha.png")
+    rgb.convert("CMYK").save(inputs / "print.jpg")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    output = tmp_path / "out"
+    assert eager(inputs, output, "--batch-size", "3") == 1
+    captured = capsys.readouterr()
+    assert f"skipped: cannot decode image {inputs / 'broken.jpg'}" in captured.err
+    assert f"skipped 1 unreadable image(s): {inputs / 'broken.jpg'}" in captured.err
+    images = json.loads((output / "images.json").read_text())
+    assert sorted(entry["file_name"] for entry in images) == ["alpha.png", "deep.png", "gray.png", "palette.png", "print.jpg"]
+    assert all((entry["height"], entry["width"]) == (40, 60) for entry in images)
+    results = json.loads((output / "results.json").read_text())
+    assert {entry["image_id"] for entry in results} <= {entry["id"] for entry in images}
+    deep = decode_image(str(output / "deep.png.jpg"))
+    assert deep.shape == (3, 40, 60) and deep.float().std() > 10  # not a blank white image
+
+    only_broken = tmp_path / "only_broken"
+    only_broken.mkdir()
+    (only_broken / "broken.jpg").write_bytes(b"nothing")
+    assert eager(only_broken, tmp_path / "out2") == 2
+    assert "none of the 1 image(s) could be read" in capsys.readouterr().err
+
+
+def test_random_weights_are_marked_on_the_drawings(tmp_path, caplog):
+    from codetr.checkpoint import save_checkpoint
+
+    inputs = image_folder(tmp_path / "inputs", {"a.png": torch.full((3, 200, 300), 128, dtype=torch.uint8)})
     checkpoint = tmp_path / "tiny.pth"
     save_checkpoint(build_model(load_config(TINY), seed=9), checkpoint)
-    output = tmp_path / "out"
-    arguments = ["infer", "--config", str(TINY), "--input", str(image), "--output", str(output)]
-    assert main(arguments + ["--checkpoint", str(checkpoint)]) == 0
-    assert "RANDOM weights" not in caplog.text
-    assert main(arguments) == 0
-    assert "RANDOM weights" in caplog.text
+    assert eager(inputs, tmp_path / "random", "--score-threshold", "1") == 0
+    assert "RANDOM WEIGHTS" in caplog.text
+    caplog.clear()
+    assert eager(inputs, tmp_path / "trained", "--score-threshold", "1", "--checkpoint", str(checkpoint)) == 0
+    assert "RANDOM WEIGHTS" not in caplog.text
+    random = decode_image(str(tmp_path / "random" / "a.png.jpg")).float()
+    trained = decode_image(str(tmp_path / "trained" / "a.png.jpg")).float()
+    banner = random[:, :8]  # no detections above threshold 1: only the banner differs from the input
+    assert banner[0].mean() > 150 and banner[1].mean() < 60  # red
+    assert (trained - 128).abs().max() <= 2  # the plain image (JPEG rounding)
 
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"\xff\xd8 truncated jpeg")
-    assert main(["infer", "--config", str(TINY), "--input", str(broken), "--output", str(tmp_path / "o2")]) == 2
-    assert "cannot decode image" in capsys.readouterr().err
-    assert main(["infer", "--config", str(TINY), "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o3")]) == 2
-    assert main(arguments + ["--score-threshold", "1.5"]) == 2
-    assert "--score-threshold" in capsys.readouterr().err
+
+def test_exported_model_runs_from_its_metadata(tmp_path, tiny_float16_export, capsys, caplog):
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80), "b.png": gradient_image(70, 50)})
+    output = tmp_path / "out"
+    model = tiny_float16_export / "model.onnx"
+    assert infer("--model", str(model), "--input", str(inputs), "--output", str(output), "--score-threshold", "0.1", "--batch-size", "2") == 0
+    assert "float16 and bfloat16 run many times slower than float32 on a CPU" in caplog.text
+    images = json.loads((output / "images.json").read_text())
+    assert [entry["file_name"] for entry in images] == ["a.png", "b.png"]
+    results = json.loads((output / "results.json").read_text())
+    assert results and {entry["image_id"] for entry in results} <= {1, 2}
+    for option in (["--dtype", "float32"], ["--checkpoint", "x.pth"], ["--config", str(TINY)]):
+        assert infer("--model", str(model), "--input", str(inputs), "--output", str(output), *option) == 2
+        assert option[0] in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80)})
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error exit
+        eager(inputs, tmp_path / "out", "--device", "cuda")
+    assert exit_.value.code == 2
+    assert "argument --device: cuda: no CUDA GPU is visible; use --device cpu" in capsys.readouterr().err
+
+
+def test_option_errors(tmp_path, capsys):
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80)})
+    for extra, name in ((["--score-threshold", "1.5"], "--score-threshold"), (["--batch-size", "0"], "--batch-size"),
+                        (["--workers", "-1"], "--workers")):
+        assert eager(inputs, tmp_path / "out", *extra) == 2
+        assert name in capsys.readouterr().err
+    assert infer("--input", str(inputs), "--output", str(tmp_path / "out")) == 2
+    assert "give --model" in capsys.readouterr().err
+    assert eager(tmp_path / "nothing", tmp_path / "out") == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_help_shows_every_default():
+    from codetr.cli import build_parser
+
+    parser = build_parser()
+    infer_parser = parser._subparsers._group_actions[0].choices["infer"]
+    for action in infer_parser._actions:
+        if action.dest in ("help", "input", "output"):  # required ones have no default
+            continue
+        assert "default" in (action.help or ""), f"{action.option_strings} does not show its default"
+    assert "float16 and bfloat16 on a CPU are many times slower" in " ".join(infer_parser.format_help().split())
+
+
+def test_images_are_decoded_in_worker_processes(tmp_path):
+    inputs = image_folder(tmp_path / "inputs", {f"{index}.png": gradient_image(40, 40 + index) for index in range(3)})
+    output = tmp_path / "out"
+    assert main(["infer", "--config", str(TINY), "--input", str(inputs), "--output", str(output), "--workers", "2"]) == 0
+    assert [entry["width"] for entry in json.loads((output / "images.json").read_text())] == [40, 41, 42]

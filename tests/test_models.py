@@ -269,3 +269,74 @@ def test_cuda_reduced_precision_tracks_float32(make_config, dtype):
     assert torch.isfinite(reduced.boxes).all() and torch.isfinite(reduced.scores).all()
     tolerance = 0.01 if dtype == torch.float16 else 0.05
     assert (reduced.scores[:, 0] - full.scores[:, 0]).abs().max() < tolerance
+
+
+# ---- input checks and geometry --------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ([[64, 97], [64, 96]], r"image_sizes must lie in \[1, 64\] x \[1, 96\] .* got \[\[64, 97\]\] for image\(s\) \[0\]"),
+        ([[64, 96], [65, 10]], r"got \[\[65, 10\]\] for image\(s\) \[1\]"),
+        ([[0, 96], [64, 96]], r"got \[\[0, 96\]\] for image\(s\) \[0\]"),
+        ([[64, -3], [64, 96]], r"got \[\[64, -3\]\] for image\(s\) \[0\]"),
+    ],
+)
+def test_image_sizes_outside_the_images_tensor_are_refused(sizes, message):
+    model = build_model(tiny_config())
+    images, _ = sample_inputs()
+    with pytest.raises(ValueError, match=message):
+        model(images, torch.tensor(sizes))
+
+
+@pytest.mark.parametrize(
+    ("images", "sizes", "message"),
+    [
+        (torch.zeros(2, 1, 64, 96), torch.tensor([[64, 96]] * 2), r"images must be \[B, 3, H, W\], got \[2, 1, 64, 96\]"),
+        (torch.zeros(2, 3, 64, 96), torch.tensor([[64, 96]] * 3), "image_sizes has 3 rows for a batch of 2 images"),
+        (torch.zeros(2, 3, 64, 96), torch.tensor([[64.0, 96.0]] * 2), r"image_sizes must be \[B, 2\] integer \(h, w\), got \[2, 2\] torch.float32"),
+        (torch.zeros(2, 3, 64, 96), torch.tensor([64, 96]), r"image_sizes must be \[B, 2\] integer"),
+    ],
+)
+def test_malformed_inputs_are_refused(images, sizes, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(tiny_config())(images, sizes)
+
+
+@pytest.mark.parametrize("make_config", [tiny_config, tiny_swin_config], ids=["resnet", "swin"])
+@pytest.mark.parametrize(("height", "width"), [(64, 96), (70, 45), (33, 129)])
+def test_encoder_tokens_match_the_features_the_model_computes(make_config, height, width):
+    model = build_model(make_config())
+    with torch.no_grad():
+        features = model.neck(model.backbone(torch.zeros(1, 3, height, width)))
+    cells = [feature.shape[2] * feature.shape[3] for feature in features]
+    expected = [math.ceil(height / stride) * math.ceil(width / stride) for stride in model.feature_strides]
+    assert cells == expected and model.encoder_tokens(height, width) == sum(cells)
+
+
+def test_too_few_encoder_tokens_name_the_smallest_size_that_works():
+    config = tiny_config()  # strides 8, 16, 32, 64 (ResNet-18 stages 1-3 + one extra level)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, transformer=dataclasses.replace(config.model.transformer, num_queries=30)))
+    model = build_model(config)
+    # by hand, ceil(side / stride)^2 summed: 16 -> 4 + 1 + 1 + 1 = 7; 32 -> 16 + 4 + 1 + 1 = 22;
+    # 33 -> 25 + 9 + 4 + 1 = 39 >= 30, so 33 is the smallest square side (64 among multiples of 32).
+    assert model.encoder_tokens(16, 16) == 7 and model.encoder_tokens(32, 32) == 22 and model.encoder_tokens(33, 33) == 39
+    assert model.min_input_size() == 33 and model.min_input_size(multiple=32) == 64
+    widths = [w for w in range(1, 400) if model.encoder_tokens(16, w) >= 30]  # by exhaustive search
+    assert model.min_input_size(height=16) == widths[0]
+    with pytest.raises(ValueError, match=rf"input size 16x16 gives 7 encoder tokens \(feature strides \[8, 16, 32, 64\]\), fewer than "
+                       rf"the model's 30 queries: the smallest square input that works is 33x33, and at height 16 the width must be at least {widths[0]}"):
+        model(torch.zeros(1, 3, 16, 16), torch.tensor([[16, 16]]))
+    model(torch.zeros(1, 3, 33, 33), torch.tensor([[33, 33]]))  # the named size runs
+
+
+def test_r50_at_64x64_names_its_smallest_size():
+    from codetr.config import load_config
+    from model_configs import CONFIGS
+
+    with torch.device("meta"):
+        model = build_model(load_config(CONFIGS / "co_dino_5scale_r50_lsj_8xb2_1x_coco.toml"), seed=None)
+    # strides 4..64: 16^2 + 8^2 + 4^2 + 2^2 + 1 = 341 at 64x64 (the reported case); 100 -> 863, 101 -> 914
+    assert model.encoder_tokens(64, 64) == 341 and model.encoder_tokens(100, 100) == 863 and model.encoder_tokens(101, 101) == 914
+    with pytest.raises(ValueError, match="341 encoder tokens .* fewer than the model's 900 queries: the smallest square input that works is 101x101"):
+        model.check_input_size(64, 64)

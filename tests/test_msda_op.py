@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 from conftest import MakeMsdaInputs, MsdaInputs, relative_error
 
-from codetr.ops import msda, msda_reference
+from codetr.ops import MSDA_CHECK_VARIABLE, msda, msda_reference, set_msda_checks
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 HALF_DTYPES = [torch.float16, torch.bfloat16]
@@ -534,8 +537,8 @@ BAD_LEVELS = {
 }
 
 ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
-# Value-dependent checks need the shape tensors on the host; on CUDA they would cost a sync per
-# call, so the CUDA op skips them (levels that do not fit in S contribute zeros instead).
+# Value-dependent checks need the shape tensors on the host: free on CPU; on CUDA they cost a sync
+# per call, so CUDA runs them only with set_msda_checks(True) (see test_level_checks_*).
 HOST_ONLY = {
     "value_too_short_for_shapes",
     "value_too_long_for_shapes",
@@ -543,15 +546,86 @@ HOST_ONLY = {
 }
 
 
+@pytest.fixture
+def level_checks():
+    """set_msda_checks(True) for one test, restoring the previous setting after it."""
+    previous = set_msda_checks(True)
+    yield
+    set_msda_checks(previous)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_error_names_the_argument(device, case, msda_inputs):
+def test_bad_input_error_names_the_argument(device, case, msda_inputs, request):
     if device == "cuda" and case in HOST_ONLY:
-        pytest.skip("value-dependent check done on CPU only")
+        request.getfixturevalue("level_checks")
     mutate, argument = BAD_INPUTS[case]
     inputs = mutate(msda_inputs(device=device).to(torch.float32))
     with pytest.raises(ERRORS, match=argument):
         run_op(inputs)
+
+
+def _error_message(inputs: MsdaInputs) -> str:
+    with pytest.raises(RuntimeError) as error:
+        run_op(inputs)
+    return str(error.value).splitlines()[0]
+
+
+@pytest.mark.parametrize("case", sorted(HOST_ONLY))
+def test_cpu_checks_level_values_whatever_the_switch(case, msda_inputs):
+    mutate, _ = BAD_INPUTS[case]
+    inputs = mutate(msda_inputs().to(torch.float32))
+    previous = set_msda_checks(False)
+    try:
+        unchecked = _error_message(inputs)
+    finally:
+        set_msda_checks(previous)
+    assert unchecked.startswith("msda: ") and ("spatial_shapes" in unchecked or "level_start_index" in unchecked)
+
+
+def test_set_msda_checks_returns_the_previous_setting():
+    original = set_msda_checks(True)
+    try:
+        assert set_msda_checks(False) is True
+        assert set_msda_checks(False) is False
+    finally:
+        set_msda_checks(original)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("1", "True"), ("0", "False"), ("", "False")])
+def test_environment_variable_sets_the_initial_level_checks(setting, expected):
+    environment = {**os.environ, MSDA_CHECK_VARIABLE: setting, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import codetr.ops; print(codetr.ops.set_msda_checks(False))"],
+        env=environment, capture_output=True, text=True, check=True, timeout=120,
+    )
+    assert result.stdout.strip() == expected
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", sorted(HOST_ONLY))
+def test_level_checks_on_cuda_raise_the_cpu_message(case, msda_inputs, level_checks):
+    mutate, _ = BAD_INPUTS[case]
+    inputs = mutate(msda_inputs().to(torch.float32))
+    on_cuda = MsdaInputs(*(tensor.cuda() for tensor in inputs))
+    assert _error_message(on_cuda) == _error_message(inputs)
+
+
+@pytest.mark.cuda
+def test_unchecked_cuda_reads_a_level_that_does_not_fit_as_zeros(msda_inputs):
+    """Default CUDA contract: the last level (2x3) lies past the end of a value cut short, so it
+    contributes nothing; the levels that fit are computed as usual."""
+    inputs = msda_inputs(shapes=((4, 6), (2, 3)), dtype=torch.float64)
+    short = inputs._replace(value=inputs.value[:, : 4 * 6 + 2])  # the 2x3 level needs 6 rows, has 2
+    without_last_level = inputs._replace(attention_weights=inputs.attention_weights.clone())
+    without_last_level.attention_weights[:, :, :, 1] = 0
+    expected = run_reference(without_last_level)
+    previous = set_msda_checks(False)
+    try:
+        actual = run_op(MsdaInputs(*(tensor.cuda() for tensor in short)))
+    finally:
+        set_msda_checks(previous)
+    torch.testing.assert_close(actual.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", BAD_LEVELS)

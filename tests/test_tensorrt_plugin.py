@@ -36,7 +36,7 @@ from codetr.contract.plugin import (
     CODETR_PLUGIN_VERSION,
 )
 from codetr.tensorrt.plugin import read_plugin_library_info
-from codetr.tensorrt.plugin_harness import PluginFieldType, TrtDataType
+from plugin_harness import PluginFieldType, TrtDataType
 from codetr_build.tensorrt_plugin import build_tensorrt_plugin
 from tensorrt_fixtures import cuda_home, harness, include_dir, plugin_library, rtx_environment  # noqa: F401
 

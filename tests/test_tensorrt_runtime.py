@@ -33,22 +33,22 @@ def test_matching_metadata_passes():
 
 
 def test_other_tensorrt_version_is_named():
-    with pytest.raises(RuntimeError, match=r"built with tensorrt 10\.13\.0\.35 but tensorrt 10\.14\.1 is running"):
+    with pytest.raises(ValueError, match=r"built with tensorrt 10\.13\.0\.35 but tensorrt 10\.14\.1 is running"):
         check_engine_metadata(metadata({"tensorrt": "10.13.0.35"}), "tensorrt", "10.14.1", "1")
 
 
 def test_engine_of_other_tensorrt_package_is_named():
-    with pytest.raises(RuntimeError, match=r"built with tensorrt_rtx_bindings 1\.7\.1 but tensorrt 10\.14\.1"):
+    with pytest.raises(ValueError, match=r"built with tensorrt_rtx_bindings 1\.7\.1 but tensorrt 10\.14\.1"):
         check_engine_metadata(metadata({"tensorrt_rtx_bindings": "1.7.1"}), "tensorrt", "10.14.1", "1")
 
 
 def test_missing_plugin_library_is_named():
-    with pytest.raises(RuntimeError, match="uses the codetr MSDA plugin but no plugin library"):
+    with pytest.raises(ValueError, match="uses the codetr MSDA plugin but no plugin library"):
         check_engine_metadata(metadata({"tensorrt": "10.14.1"}), "tensorrt", "10.14.1", None)
 
 
 def test_other_plugin_version_is_named():
-    with pytest.raises(RuntimeError, match="plugin version 2 but the loaded library is version 1"):
+    with pytest.raises(ValueError, match="plugin version 2 but the loaded library is version 1"):
         check_engine_metadata(metadata({"tensorrt": "10.14.1", "codetr_msda_plugin": "2"}), "tensorrt", "10.14.1", "1")
 
 
@@ -71,7 +71,7 @@ def test_missing_engine_file_is_a_clear_error(tmp_path):
 def test_runner_without_gpu_says_so(tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not an engine")
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
         TensorRTRuntime(engine)
 
 
@@ -133,12 +133,8 @@ def test_torch_tensorrt_matches_eager_and_reloads(plugin_library, tmp_path, mode
     from codetr.contract.artifacts import CompileMode, MsdaMode
     from codetr.export.options import ExportOptions
     from codetr.export.program import export_program, prepare_model
-    from codetr.tensorrt.torch_tensorrt import (
-        compile_program,
-        load_compiled,
-        partition_of,
-        save_compiled,
-    )
+    from codetr.runtime.torch_tensorrt import TorchTensorRTRuntime
+    from codetr.tensorrt.torch_tensorrt import compile_program, partition_of, save_compiled
 
     config, model, images, image_sizes, expected = tiny_setup()
     options = ExportOptions(dtype=torch.float32, height=SIZE[0], width=SIZE[1], msda=MsdaMode.PLUGIN,
@@ -153,5 +149,5 @@ def test_torch_tensorrt_matches_eager_and_reloads(plugin_library, tmp_path, mode
         assert "codetr.msda.default" not in partition.pytorch_ops
     assert_same_detections(compiled(images, image_sizes), expected)
     saved = save_compiled(compiled, tmp_path / f"{mode}.pt2", (images, image_sizes))
-    reloaded = load_compiled(saved, plugin_library=plugin_library)
+    reloaded = TorchTensorRTRuntime(saved, plugin_library=plugin_library)
     assert_same_detections(reloaded(images, image_sizes), expected)

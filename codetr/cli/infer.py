@@ -1,9 +1,31 @@
-"""``codetr infer``: detect objects in an image or a folder of images.
+"""``codetr infer``: detect objects in an image or a folder of images, with any exported artifact
+(``--model``) or the eager PyTorch model (``--config`` / ``--checkpoint``).
 
-Writes, into the output folder, one ``<stem>.jpg`` per input with the boxes and class names
-drawn, and ``results.json`` (COCO results format, boxes in original pixels) plus
-``images.json`` (COCO ``images`` entries: id, file_name, height, width). Image ids are the file
-stem when it is a number (as for COCO's own files), else the 1-based position in sorted order.
+An artifact runs through :func:`codetr.runtime.load_runtime`; the ``metadata.json`` beside it
+gives the pre-processing, input size, class names and NMS, so ``--model`` needs nothing else.
+Images are decoded by :func:`codetr.data.images.image_loader` in DataLoader workers and run
+``--batch-size`` at a time.
+
+Writes into the output folder (created if missing; it must not be the input folder, so an input
+is never written over):
+
+``<input file name>.jpg``
+    each input with its boxes, class names and scores drawn, e.g. ``a.png`` -> ``a.png.jpg`` and
+    ``a.jpg`` -> ``a.jpg.jpg`` (the full name keeps same-stem inputs apart). Drawings from random
+    weights carry a red "RANDOM WEIGHTS" banner.
+``results.json``
+    the detections in COCO results format: a list of {image_id, category_id, bbox [x, y, width,
+    height] in original-image pixels, score}.
+``images.json``
+    the COCO ``images`` entries of the inputs that were read, [{id, file_name, height, width}],
+    which tell which file each ``image_id`` of results.json is (file_name is relative to the
+    input folder; height and width in pixels after EXIF orientation). The ids are the file stems
+    when every stem is a distinct number (as for COCO's own files, ``000000000042.jpg`` -> 42),
+    else the 1-based position of the file in name order, so they never collide.
+
+An image that cannot be read is named on stderr and skipped; the others are still run and the
+JSON files describe them. Exit status: 0 when every image was run, 1 when some were skipped,
+2 (``error: ...``) when none could be read or an option is wrong.
 """
 
 from __future__ import annotations
@@ -11,92 +33,190 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import torch
-from torchvision.io import encode_jpeg
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from codetr.atomic import atomic_path
-from codetr.checkpoint import load_checkpoint
-from codetr.config import Config, load_config
-from codetr.models import DTYPES, build_model
-from codetr.postprocess import ImageDetections, coco_results, postprocess
-from codetr.preprocess import IMAGE_SUFFIXES, load_image, make_batch
+from codetr.cli.common import FLOAT16_ON_CPU, device_type, warn_random_weights
+from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
+from codetr.models import DTYPES
+from codetr.postprocess import ImageDetections, coco_results
+from codetr.runtime.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - detections are meaningless"
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of the eager model's random weights without --checkpoint (codetr.models.build_model's default)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("infer", help="detect objects in images, draw them, write COCO JSON")
-    parser.add_argument("--config", required=True, type=Path, help="configs/*.toml")
-    parser.add_argument("--checkpoint", type=Path, help="official .pth (either layout) or our own; omitted = random weights")
-    parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, type=Path, help="folder for drawn images and JSON results")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring above this (default 0.3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser = subparsers.add_parser(
+        "infer",
+        help="detect objects in images with an exported model or the PyTorch model; draw them, write COCO JSON",
+        description="Detect objects in an image or a folder of images with an exported artifact (--model, "
+        "its metadata.json beside it) or the eager PyTorch model (--config, --checkpoint). Writes "
+        "<input file name>.jpg drawings, results.json (COCO results) and images.json (COCO images "
+        "entries: which file each image_id is) into --output, which must not be the input folder.",
+    )
+    source = parser.add_argument_group("model (give --model, or --config with an optional --checkpoint)")
+    source.add_argument("--model", type=Path, help="an exported artifact: model.pt2, model.onnx, model.engine, "
+                        "model_torch_tensorrt.pt2, with the export's metadata.json beside it (default: none)")
+    source.add_argument("--config", type=Path, help="configs/*.toml, to run the eager PyTorch model (default: none)")
+    source.add_argument("--checkpoint", type=Path, help="with --config: official .pth (either layout) or codetr's own "
+                        "(default: none = deterministic random weights, meaningless detections)")
+    parser.add_argument("--input", required=True, type=Path,
+                        help=f"an image file or a folder of images ({', '.join(IMAGE_SUFFIXES)}; not recursive)")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder for drawn images, results.json and images.json (created if missing; "
+                        "must not be the input folder)")
+    parser.add_argument("--score-threshold", type=float, default=0.3,
+                        help="keep detections scoring above this and above the model's own test threshold (default: 0.3)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per run (default: 1); an export with a fixed batch size runs its own size "
+                        "at a time, filling the last batch with blank images")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"image-decoding worker processes, 0 = decode in the main process "
+                        f"(default: min(4, CPU count) = {DEFAULT_WORKERS})")
+    parser.add_argument("--device", type=device_type, default=None,
+                        help="cpu, cuda or cuda:N (default: with --config, cuda when a GPU is visible, else cpu; "
+                        "with --model, the artifact's own: model.pt2 where it was exported, ONNX cpu, "
+                        "TensorRT cuda)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+                        help="with --config: the eager model's precision (default: float32, the reference "
+                        "precision; export defaults to float16 because it targets GPUs; float16 and bfloat16 on "
+                        "a CPU are many times slower than float32). An artifact's precision is fixed by its export")
+    parser.add_argument("--allow-tf32", action="store_true",
+                        help="with --config on a GPU: let float32 matmuls and convolutions use TF32 "
+                        "(default: off, IEEE float32)")
     return parser
 
 
-def list_images(source: Path) -> list[Path]:
-    if source.is_file():
-        return [source]
-    if source.is_dir():
-        images = sorted(path for path in source.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {source}")
-        return images
-    raise FileNotFoundError(f"--input does not exist: {source}")
-
-
 def run(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    config = load_config(args.config)
-    images = list_images(args.input)
-    model = build_model(config)
-    if args.checkpoint is None:
-        logger.warning(
-            "\n%s\nNO CHECKPOINT GIVEN: the model has deterministic RANDOM weights and its detections are "
-            "MEANINGLESS.\nPass --checkpoint to use trained weights.\n%s",
-            "!" * 80,
-            "!" * 80,
-        )
-    else:
-        report = load_checkpoint(model, args.checkpoint)
-        logger.info("loaded %d tensors (%s layout) from %s", report.loaded, report.layout, args.checkpoint)
-    model = model.to(device=args.device, dtype=DTYPES[args.dtype])
+    check_arguments(args)
+    paths = list_images(args.input)
+    check_output(args.output, args.input)
+    # Workers start decoding now, while the model loads (and fork before its libraries start threads).
+    batches = iter(image_loader(paths, args.batch_size, args.workers))
+    predictor = make_predictor(args)
+    warn_slow_precision(predictor)
+    if predictor.random_weights and args.model is None:
+        warn_random_weights(RANDOM_WEIGHTS_SEED)
+    elif predictor.random_weights:
+        logger.warning("%s was exported without --checkpoint: RANDOM WEIGHTS, its detections are meaningless", args.model)
     args.output.mkdir(parents=True, exist_ok=True)
+    image_ids = coco_image_ids(paths)
 
-    results, image_entries = [], []
-    for position, path in enumerate(tqdm(images, desc="infer", unit="image", disable=len(images) == 1), start=1):
-        image = load_image(path)
-        image_id = int(path.stem) if path.stem.isdigit() else position
-        detections = detect(model, config, image, args.device, args.score_threshold)
-        results.extend(coco_results(image_id, detections, config.coco_category_ids))
-        image_entries.append({"id": image_id, "file_name": path.name, "height": image.shape[1], "width": image.shape[2]})
-        _write_bytes(args.output / f"{path.stem}.jpg", bytes(encode_jpeg(draw(image, detections, config)).numpy()))
-    _write_bytes(args.output / "results.json", json.dumps(results).encode())
-    _write_bytes(args.output / "images.json", json.dumps(image_entries, indent=1).encode())
-    print(f"{len(images)} image(s), {len(results)} detection(s) -> {args.output}")
+    results, image_entries, skipped = [], [], []
+    with tqdm(total=len(paths), desc="infer", unit="image", disable=len(paths) == 1) as progress:
+        for records in batches:
+            for record in records:
+                if record.image is None:
+                    skipped.append(record.path)
+                    tqdm.write(f"skipped: {record.error}", file=sys.stderr)
+            readable = [record for record in records if record.image is not None]
+            detections = predictor([record.image for record in readable], args.score_threshold) if readable else []
+            for record, found in zip(readable, detections):
+                image_id = image_ids[record.index]
+                results += coco_results(image_id, found, predictor.category_ids)
+                height, width = record.image.shape[1:]
+                image_entries.append(
+                    {"id": image_id, "file_name": record.path.name, "height": int(height), "width": int(width)}
+                )
+                drawing = draw(record.image, found, predictor.class_names, predictor.random_weights)
+                save_jpeg(drawing, args.output / f"{record.path.name}.jpg")
+            progress.update(len(records))
+    if not image_entries:
+        raise ValueError(f"none of the {len(paths)} image(s) could be read (see the messages above)")
+    write_json(args.output / "results.json", results, indent=None)
+    write_json(args.output / "images.json", image_entries, indent=1)
+    print(f"{len(image_entries)} image(s), {len(results)} detection(s) -> {args.output}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(str(path) for path in skipped)}", file=sys.stderr)
+        return 1
     return 0
 
 
-@torch.inference_mode()
-def detect(model: torch.nn.Module, config: Config, image: torch.Tensor, device: str, score_threshold: float) -> ImageDetections:
-    batch = make_batch([image], config.preprocess)
-    detections = model(batch.images.to(device), batch.image_sizes.to(device))
-    return postprocess(detections, batch, config.test.nms, max(score_threshold, config.test.score_threshold))[0]
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming the option for every combination or value that cannot work."""
+    if (args.model is None) == (args.config is None):
+        raise ValueError("give --model (an exported artifact) or --config (the eager PyTorch model), not both or neither")
+    if args.model is not None:
+        for option, value in (("--checkpoint", args.checkpoint), ("--dtype", args.dtype)):
+            if value is not None:
+                raise ValueError(f"{option} applies to --config only; an artifact's weights and precision are fixed by its export")
+        if args.allow_tf32:
+            raise ValueError("--allow-tf32 applies to --config only; an artifact's TF32 setting is fixed by its export")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
 
 
-def draw(image: torch.Tensor, detections: ImageDetections, config: Config) -> torch.Tensor:
-    captions = [f"{config.class_names[label]} {score:.2f}" for label, score in zip(detections.labels.tolist(), detections.scores.tolist())]
-    return draw_bounding_boxes(image, detections.boxes, labels=captions, colors="red", width=2)
+def check_output(output: Path, source: Path) -> None:
+    """Refuse an ``--output`` that is a file, or that is the folder the inputs are in (drawn images
+    and JSON files there could replace the user's files)."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is an existing file; give a folder (created if missing)")
+    input_folder = source if source.is_dir() else source.parent
+    if output.exists() and os.path.samefile(output, input_folder):
+        raise ValueError(
+            f"--output {output} is the input folder; write the drawn images and JSON to another folder, "
+            f"e.g. --output {input_folder.resolve().name}_detections"
+        )
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def make_predictor(args: argparse.Namespace) -> Predictor:
+    if args.model is not None:
+        return Predictor.from_artifact(args.model, device=args.device)
+    return Predictor.from_config(
+        args.config, args.checkpoint, device=args.device, dtype=args.dtype or "float32", allow_tf32=args.allow_tf32
+    )
+
+
+def warn_slow_precision(predictor: Predictor) -> None:
+    dtype = predictor.runtime.metadata.dtype if predictor.runtime.metadata else str(getattr(predictor.runtime, "dtype", ""))
+    if predictor.runtime.device.type == "cpu" and dtype.removeprefix("torch.") in ("float16", "bfloat16"):
+        logger.warning("%s; or run --dtype float32 (eager) or a float32 export", FLOAT16_ON_CPU)
+
+
+def coco_image_ids(paths: list[Path]) -> list[int]:
+    """COCO image id per path: the stems when all are distinct numbers, else positions 1..N."""
+    stems = [path.stem for path in paths]
+    if all(stem.isdigit() for stem in stems) and len({int(stem) for stem in stems}) == len(stems):
+        return [int(stem) for stem in stems]
+    return list(range(1, len(paths) + 1))
+
+
+def draw(image: torch.Tensor, detections: ImageDetections, class_names: tuple[str, ...], random_weights: bool) -> Image.Image:
+    """``image`` (uint8 RGB [3, H, W]) with each box and "<class> <score>" drawn in red; with
+    ``random_weights``, a red banner across the top saying so."""
+    captions = [f"{class_names[label]} {score:.2f}" for label, score in zip(detections.labels.tolist(), detections.scores.tolist())]
+    drawing = to_pil_image(draw_bounding_boxes(image, detections.boxes, labels=captions, colors="red", width=2))
+    if random_weights:
+        font = ImageFont.load_default(size=max(10, min(drawing.size) // 24))
+        canvas = ImageDraw.Draw(drawing)
+        left, top, right, bottom = canvas.textbbox((4, 2), RANDOM_WEIGHTS_BANNER, font=font)
+        canvas.rectangle((0, 0, drawing.width, bottom + 2), fill=(200, 0, 0))
+        canvas.text((4, 2), RANDOM_WEIGHTS_BANNER, fill=(255, 255, 255), font=font)
+    return drawing
+
+
+def save_jpeg(image: Image.Image, path: Path) -> None:
     with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
+        image.save(temporary, format="JPEG", quality=90)
+
+
+def write_json(path: Path, value: object, indent: int | None) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=indent) + "\n")

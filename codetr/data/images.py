@@ -3,15 +3,20 @@
 Decoding goes through Pillow, which opens more formats than torchvision's decoder (BMP, TIFF,
 16-bit PNG, palette and CMYK images). Every image becomes uint8 RGB [3, H, W] with its EXIF
 orientation applied; alpha is dropped (composited on black, as a plain RGB conversion does).
+:func:`image_loader` decodes a list of files in DataLoader workers, carrying read failures as
+records instead of raising.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 """File suffixes treated as images when a folder is listed (all decoded by Pillow)."""
@@ -67,3 +72,51 @@ def list_images(source: str | Path) -> list[Path]:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {source}")
         return images
     raise FileNotFoundError(f"no such file or folder: {source}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One listed image after decoding: ``image`` uint8 RGB [3, H, W], or None with ``error`` (the
+    message of the FileNotFoundError / ImageReadError that :func:`read_image` raised)."""
+
+    index: int
+    path: Path
+    image: torch.Tensor | None
+    error: str | None = None
+
+
+class ImageFolderDataset(Dataset):
+    """The images at ``paths`` (e.g. from :func:`list_images`), decoded by :func:`read_image` —
+    in DataLoader workers when used with :func:`image_loader`. A file that cannot be read
+    becomes an :class:`ImageRecord` carrying the error instead of raising, so one bad file does
+    not stop the others."""
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        self.paths = [Path(path) for path in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> ImageRecord:
+        path = self.paths[index]
+        try:
+            return ImageRecord(index, path, read_image(path))
+        except (FileNotFoundError, ImageReadError) as error:
+            return ImageRecord(index, path, None, str(error))
+
+
+def collate_records(records: list[ImageRecord]) -> list[ImageRecord]:
+    """DataLoader collate function: the records as a list (images differ in size; no stacking)."""
+    return records
+
+
+def image_loader(paths: Sequence[str | Path], batch_size: int = 1, workers: int = 0) -> DataLoader:
+    """A DataLoader yielding lists of ``batch_size`` :class:`ImageRecord` in ``paths`` order,
+    decoded in ``workers`` worker processes (0: in this process)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    return DataLoader(
+        ImageFolderDataset(paths), batch_size=batch_size, num_workers=workers, collate_fn=collate_records
+    )

@@ -1,6 +1,7 @@
-"""Export of Co-DINO: torch.export (.pt2), ONNX (plugin node or decomposed) and TensorRT engines.
+"""Export of Co-DINO: torch.export (.pt2), ONNX (plugin node or decomposed), TensorRT engines and
+Torch-TensorRT programs, written as one unit with their ``metadata.json``.
 
-``export.py`` is the command line (:mod:`codetr.export.cli`); :func:`export_model` is the API.
+``codetr export`` (:mod:`codetr.cli.export`) is the command line; :func:`export_model` is the API.
 """
 
 from codetr.contract.artifacts import Artifact, MsdaMode

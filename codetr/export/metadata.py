@@ -1,26 +1,33 @@
-"""metadata.json: what a deployment needs to feed the exported model and read its outputs."""
+"""The ``metadata.json`` document of an export (format ``codetr-export/2``, specified and
+checked in :mod:`codetr.contract.metadata`, which also writes it).
+
+It describes the exported model exactly: the input ranges and multiple, the pre-processing that
+produces such an input (not the config's own, which may resize and pad to another canvas), the
+opset actually in the ONNX file, which artifacts were built and which were skipped and why.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 
+import onnx
 import torch
 from torch.export import ExportedProgram
 
 import codetr
-from codetr.config import Config
-from codetr.export.options import ExportOptions
+from codetr.config import Config, PreprocessConfig
+from codetr.contract.artifacts import Artifact
 from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
-from codetr.atomic import atomic_path
+from codetr.contract.metadata import METADATA_FORMAT
+from codetr.contract.onnx_graph import default_opset
+from codetr.export.options import ExportOptions
 from codetr.tensorrt.torch_tensorrt import Partition
 
-METADATA_FORMAT = "codetr-export/1"
-
-PRECISION_NOTE = (
+PRECISION_NOTES = (
     "Weights and feature maps use the export dtype. Kept float32: input normalisation; "
     "positional encodings (cast to the export dtype afterwards); MSDA sampling offsets, "
     "attention-weight softmax and sampling locations (MSDA values stay in the export dtype); "
@@ -30,6 +37,28 @@ PRECISION_NOTE = (
     "precision loses ~1e-3 relative precision on coordinates (pixels on a 1k image) and would "
     "reorder near-equal scores."
 )
+TF32_NOTES = {
+    False: "float32 layers are IEEE float32: TF32 was off while tracing and in the engine builder.",
+    True: "float32 layers may use TF32 (10-bit mantissa) on GPUs that have it (--allow-tf32).",
+}
+NOT_REQUESTED = "not requested"
+
+
+def export_preprocessing(preprocess: PreprocessConfig, options: ExportOptions) -> PreprocessConfig:
+    """The config's pre-processing changed so that :func:`codetr.preprocess.make_batch` produces
+    inputs this export accepts, for an image of any size and orientation.
+
+    The keep-ratio resize limits are orientation-free (mmdet: long and short edge), so every image
+    fits a canvas of side ``m`` only when both limits are at most ``m`` = the smallest allowed
+    maximum side; the config's own limits are kept where they are smaller. Static: padded to
+    exactly (height, width). Dynamic: padded to the next multiple of the size divisor (the
+    exported multiple), no fixed canvas.
+    """
+    heights, widths = options.height_range, options.width_range
+    largest = min(heights.max, widths.max)
+    scale = (min(max(preprocess.scale), largest), min(min(preprocess.scale), largest))
+    pad_size = None if options.is_dynamic else (options.height, options.width)
+    return dataclasses.replace(preprocess, scale=scale, pad_size=pad_size)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -70,7 +99,26 @@ def _output_specs(program: ExportedProgram) -> list[dict[str, object]]:
     ]
 
 
-def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
+def _input_geometry(options: ExportOptions, multiple: int) -> dict[str, object]:
+    def extent(traced: int, allowed) -> dict[str, int]:
+        return {"min": allowed.min, "opt": traced, "max": allowed.max}
+
+    return {
+        "batch_size": options.batch_size,
+        "height": extent(options.height, options.height_range),
+        "width": extent(options.width, options.width_range),
+        "multiple": multiple,
+        "dtype": "float32",
+    }
+
+
+def onnx_facts(path: Path) -> dict[str, int]:
+    """{opset, ir_version} as written in the ONNX file at ``path`` (weights not loaded)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {"opset": default_opset(model), "ir_version": int(model.ir_version)}
+
+
+def library_versions() -> dict[str, str]:
     """Versions of Python, codetr and the export toolchain."""
     versions = {"python": platform.python_version(), "codetr": codetr.__version__, "torch": torch.__version__}
     for package in ("onnx", "onnxscript"):
@@ -78,7 +126,6 @@ def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    versions.update(extra or {})
     return versions
 
 
@@ -87,13 +134,20 @@ def build_metadata(
     options: ExportOptions,
     program: ExportedProgram,
     *,
-    files: dict[str, str],
+    files: Mapping[Artifact, Path],
     stages: list[dict[str, object]],
     checkpoint: Path | None,
-    versions: dict[str, str],
+    versions: Mapping[str, str],
     partition: Partition | None = None,
 ) -> dict[str, object]:
-    """The metadata document (plain JSON values); ``partition`` is the Torch-TensorRT compile's."""
+    """The metadata document (plain JSON values). ``files`` are the artifacts built (their
+    names are recorded; the ONNX file is read back for its opset and IR version); every other
+    artifact of the table is listed under ``skipped`` with ``options.skipped``'s reason or
+    "not requested". ``partition`` is the Torch-TensorRT compile's."""
+    preprocessing = export_preprocessing(config.preprocess, options)
+    skipped = {
+        artifact.value: options.skipped.get(artifact, NOT_REQUESTED) for artifact in Artifact if artifact not in files
+    }
     return {
         "format": METADATA_FORMAT,
         "model": {
@@ -105,16 +159,20 @@ def build_metadata(
             "class_names": list(config.class_names),
             "category_ids": list(config.coco_category_ids),
         },
+        "input": _input_geometry(options, preprocessing.size_divisor),
         "inputs": _input_specs(options),
         "outputs": _output_specs(program),
-        "preprocessing": {
-            **dataclasses.asdict(config.preprocess),
-            "note": "resize keeping the aspect ratio into scale, pad (codetr.preprocess); "
-            "mean/std normalisation happens inside the model",
-        },
+        "preprocessing": dataclasses.asdict(preprocessing),
         "postprocessing": dataclasses.asdict(config.test),
-        "precision": {"dtype": _dtype_name(options.dtype), "float32_parts": PRECISION_NOTE},
+        "precision": {
+            "dtype": _dtype_name(options.dtype),
+            "allow_tf32": options.allow_tf32,
+            "notes": f"{PRECISION_NOTES} {TF32_NOTES[options.allow_tf32]}",
+        },
         "msda": options.msda.value,
+        "onnx": onnx_facts(files[Artifact.ONNX]) if Artifact.ONNX in files else None,
+        "files": {artifact.value: path.name for artifact, path in files.items()},
+        "skipped": skipped,
         "options": options.to_json(),
         "torch_tensorrt": None if partition is None else {
             "mode": options.torch_tensorrt.value,
@@ -122,12 +180,6 @@ def build_metadata(
             "pytorch_segments": partition.pytorch_segments,
             "pytorch_ops": list(partition.pytorch_ops),
         },
-        "files": files,
         "stages": stages,
-        "versions": versions,
+        "versions": dict(versions),
     }
-
-
-def write_metadata(metadata: dict[str, object], path: Path) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(metadata, indent=2) + "\n")

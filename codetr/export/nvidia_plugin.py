@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from codetr.contract.onnx_graph import element_types, replace_opset_import
 from codetr.contract.plugin import (
     CODETR_DOMAIN,
     CODETR_OP_TYPE,
@@ -31,7 +32,7 @@ def replace_with_nvidia_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose ``codetr::CodetrMSDA`` nodes are the stock NVIDIA plugin."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    element_types = _element_types(model)
+    types = element_types(model)
     new_nodes: list[onnx.NodeProto] = []
     # Reshape target [0, 0, -1]: keep N and Lq, merge M and D.
     merge_heads = f"{NVIDIA_OP_TYPE}_merge_heads_shape"
@@ -41,7 +42,7 @@ def replace_with_nvidia_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
             new_nodes.append(node)
             continue
         value, shapes, starts, locations, weights = node.input
-        value_type = element_types.get(value)
+        value_type = types.get(value)
         if value_type not in _SUPPORTED_VALUE_TYPES:
             raise ValueError(
                 f"node {node.name!r}: {NVIDIA_OP_TYPE} supports float32/float16 values, got "
@@ -50,7 +51,7 @@ def replace_with_nvidia_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
         prefix = node.name or f"msda_{replaced}"
 
         def cast(tensor: str, to: int, label: str) -> str:
-            if element_types.get(tensor) == to:
+            if types.get(tensor) == to:
                 return tensor
             output = f"{prefix}/{label}_cast"
             new_nodes.append(helper.make_node("Cast", [tensor], [output], name=output, to=to))
@@ -79,24 +80,5 @@ def replace_with_nvidia_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), merge_heads))
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _replace_opset_import(model, CODETR_DOMAIN, NVIDIA_DOMAIN)
+    replace_opset_import(model, CODETR_DOMAIN, NVIDIA_DOMAIN)
     return model
-
-
-def _element_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every named tensor whose type the model records."""
-    graph = model.graph
-    types = {value.name: value.type.tensor_type.elem_type
-             for value in [*graph.input, *graph.output, *graph.value_info]}
-    types.update({tensor.name: tensor.data_type for tensor in graph.initializer})
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            types[node.output[0]] = node.attribute[0].t.data_type
-    return types
-
-
-def _replace_opset_import(model: onnx.ModelProto, old_domain: str, new_domain: str) -> None:
-    kept = [opset for opset in model.opset_import if opset.domain != old_domain]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    model.opset_import.append(helper.make_opsetid(new_domain, 1))

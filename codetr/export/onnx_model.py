@@ -12,13 +12,14 @@ import onnx
 import torch
 from torch.export import ExportedProgram
 
-from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
+from codetr.atomic import atomic_path
 from codetr.contract import plugin as contract
 from codetr.contract.artifacts import MsdaMode
 from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
+from codetr.contract.onnx_graph import clamp_ir_version, default_opset
+from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
 from codetr.export.options import ExportOptions
 from codetr.quantization.onnx_qdq import qdq_translations
-from codetr.atomic import atomic_path
 
 
 @functools.cache
@@ -42,16 +43,17 @@ def _msda_plugin_node(value, spatial_shapes, level_start_index, sampling_locatio
 
 
 def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto:
-    """Translate ``program`` to a checked ONNX model in the options' MSDA form.
+    """Translate ``program`` to a checked ONNX model in the options' MSDA form and opset
+    (``options.onnx_opset``; RuntimeError if the exporter wrote another one).
 
     Dynamic image sides become the symbolic dimensions ``height`` and ``width`` of ``images``.
     """
     translations = {} if options.msda is MsdaMode.DECOMPOSED else {torch.ops.codetr.msda.default: _msda_plugin_node}
-    translations.update(qdq_translations(options.opset))  # INT8 Q/DQ nodes, if the program has any
+    translations.update(qdq_translations(options.onnx_opset))  # INT8 Q/DQ nodes, if the program has any
     onnx_program = torch.onnx.export(
         program,
         dynamo=True,
-        opset_version=options.opset,
+        opset_version=options.onnx_opset,
         input_names=list(INPUT_NAMES),
         output_names=list(OUTPUT_NAMES),
         custom_translation_table=translations,
@@ -62,7 +64,10 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
     _name_dynamic_dims(model)
     if options.msda is MsdaMode.NVIDIA:
         model = replace_with_nvidia_plugin(model)
-    model.ir_version = min(model.ir_version, contract.ONNX_IR_VERSION)
+    clamp_ir_version(model)
+    written = default_opset(model)
+    if written != options.onnx_opset:
+        raise RuntimeError(f"torch.onnx wrote opset {written} instead of the requested {options.onnx_opset}")
     onnx.checker.check_model(model, full_check=True)
     return model
 

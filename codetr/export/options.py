@@ -1,14 +1,35 @@
-"""What an export produces and how: one validated, immutable description of an export run."""
+"""What an export produces and how: one validated, immutable description of an export run.
+
+Everything that can be checked without the model is checked when :class:`ExportOptions` is built,
+so a mistake is reported before any file is written. Checks that need the model's configuration
+(input sizes) are in :func:`codetr.export.program.check_input_sizes`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
+import onnx
 import torch
 
 from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
+from codetr.contract.plugin import ONNX_IR_VERSION
 from codetr.models import DTYPES
+
+BUILT_ARTIFACTS = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX, Artifact.ENGINE)
+"""Artifacts ``--artifacts`` can name; the Torch-TensorRT program has its own option
+(``torch_tensorrt``)."""
+
+MIN_OPSET = 18
+"""torch.onnx's exporter writes opset 18 at least: a lower requested opset would silently come out as 18."""
+MAX_OPSET = max(opset for _, ir_version, opset, *_ in onnx.helper.VERSION_TABLE if ir_version <= ONNX_IR_VERSION)
+"""The newest opset of the ONNX IR version codetr writes (IR 10: opset 22, onnx.helper.VERSION_TABLE)."""
+MIN_OPSET_FOR_DTYPE = {torch.float32: MIN_OPSET, torch.float16: MIN_OPSET, torch.bfloat16: 22}
+"""ONNX's Conv, Gemm-like and normalisation ops accept tensor(bfloat16) from opset 22 on (ONNX
+Changelog, opset 22); at 18 ``onnx.checker`` refuses ``Conv`` in bfloat16."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DimRange:
@@ -34,7 +55,11 @@ class ExportOptions:
 
     ``height``/``width`` are the traced input size: the only size of a static export and the
     optimisation ("opt") size of a dynamic one, whose extent is ``dynamic_height``/``dynamic_width``.
-    ``torch_tensorrt`` (None: off) also compiles the ExportedProgram with Torch-TensorRT in that mode.
+    ``opset`` None: the lowest opset ``dtype`` can be written in (:data:`MIN_OPSET_FOR_DTYPE`).
+    ``allow_tf32``: let float32 layers use TF32 on the GPU (tracing and engine); off, float32 is
+    IEEE float32. ``embed_plugin``: serialize the MSDA plugin library into the engine.
+    ``torch_tensorrt`` (None: off) also compiles the ExportedProgram with Torch-TensorRT in that
+    mode. ``skipped``: artifacts deliberately not built, with the reason (recorded in metadata).
     """
 
     dtype: torch.dtype = torch.float16
@@ -43,14 +68,17 @@ class ExportOptions:
     dynamic_height: DimRange | None = None
     dynamic_width: DimRange | None = None
     batch_size: int = 1
-    artifacts: tuple[Artifact, ...] = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX, Artifact.ENGINE)
+    artifacts: tuple[Artifact, ...] = BUILT_ARTIFACTS
     msda: MsdaMode = MsdaMode.PLUGIN
     optimization_level: int = 3
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    opset: int = 18
+    opset: int | None = None
+    allow_tf32: bool = False
     plugin_library: Path | None = None
+    embed_plugin: bool = False
     timing_cache: Path | None = None
     torch_tensorrt: CompileMode | None = None
+    skipped: Mapping[Artifact, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES.values():
@@ -60,28 +88,24 @@ class ExportOptions:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.artifacts:
-            raise ValueError("artifacts must name at least one of " + ", ".join(a.value for a in Artifact))
+            raise ValueError("artifacts must name at least one of " + ", ".join(a.value for a in BUILT_ARTIFACTS))
+        not_built = [artifact.value for artifact in self.artifacts if artifact not in BUILT_ARTIFACTS]
+        if not_built:
+            raise ValueError(
+                f"artifacts: {', '.join(not_built)} cannot be requested here; choose from "
+                + ", ".join(a.value for a in BUILT_ARTIFACTS) + " (a Torch-TensorRT program: torch_tensorrt)"
+            )
         if Artifact.ENGINE in self.artifacts and Artifact.ONNX not in self.artifacts:
             raise ValueError("artifacts: the engine is built from the ONNX model; add 'onnx'")
+        if self.embed_plugin and (Artifact.ENGINE not in self.artifacts or self.msda is not MsdaMode.PLUGIN):
+            raise ValueError("embed_plugin: only an engine with msda 'plugin' holds our plugin; add 'engine' or drop it")
         if self.msda is MsdaMode.NVIDIA and self.dtype == torch.bfloat16:
             raise ValueError(
                 "msda 'nvidia': MultiscaleDeformableAttnPlugin_TRT supports float32 and float16 only, "
                 "not bfloat16"
             )
-        if self.torch_tensorrt is not None:
-            if not isinstance(self.torch_tensorrt, CompileMode):
-                raise ValueError(
-                    "torch_tensorrt must be None or a CompileMode ("
-                    + ", ".join(mode.value for mode in CompileMode) + f"), got {self.torch_tensorrt!r}"
-                )
-            if self.msda is MsdaMode.DECOMPOSED:
-                raise ValueError(
-                    f"torch_tensorrt {self.torch_tensorrt.value}: compiles the torch.ops.codetr.msda op "
-                    "(hybrid keeps it in PyTorch, full maps it to the plugin); msda 'decomposed' has none, "
-                    "use msda 'plugin'"
-                )
-        if self.opset < 16:
-            raise ValueError(f"opset must be >= 16 (GridSample), got {self.opset}")
+        self._check_opset()
+        self._check_torch_tensorrt()
         for name, size, extent in (
             ("height", self.height, self.dynamic_height),
             ("width", self.width, self.dynamic_width),
@@ -96,48 +120,64 @@ class ExportOptions:
         if self.plugin_library is not None and not self.plugin_library.is_file():
             raise FileNotFoundError(f"plugin_library: no such file {self.plugin_library}")
 
+    def _check_opset(self) -> None:
+        if self.opset is None:
+            return
+        needed = MIN_OPSET_FOR_DTYPE[self.dtype]
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ValueError(
+                f"opset {self.opset} cannot be honoured: torch.onnx writes opset {MIN_OPSET} at least, and "
+                f"ONNX IR version {ONNX_IR_VERSION} (what TensorRT's parser reads) goes up to opset {MAX_OPSET}; "
+                f"choose --opset {needed}..{MAX_OPSET}"
+            )
+        if self.opset < needed:
+            raise ValueError(
+                f"opset {self.opset}: {_dtype_name(self.dtype)} ONNX needs opset >= {needed} (ONNX's Conv "
+                f"accepts bfloat16 from opset 22); use --opset {needed} or leave --opset unset"
+            )
+
+    def _check_torch_tensorrt(self) -> None:
+        if self.torch_tensorrt is None:
+            return
+        if not isinstance(self.torch_tensorrt, CompileMode):
+            raise ValueError(
+                "torch_tensorrt must be None or a CompileMode ("
+                + ", ".join(mode.value for mode in CompileMode) + f"), got {self.torch_tensorrt!r}"
+            )
+        if self.msda is MsdaMode.DECOMPOSED:
+            raise ValueError(
+                f"torch_tensorrt {self.torch_tensorrt.value}: compiles the torch.ops.codetr.msda op "
+                "(hybrid keeps it in PyTorch, full maps it to the plugin); msda 'decomposed' has none, "
+                "use msda 'plugin'"
+            )
+        if self.device.type != "cuda":
+            raise ValueError(
+                f"torch_tensorrt {self.torch_tensorrt.value}: Torch-TensorRT compiles on a CUDA GPU; use device cuda"
+            )
+
+    @property
+    def onnx_opset(self) -> int:
+        """The opset the ONNX file is written in: ``opset``, else the lowest ``dtype`` allows."""
+        return self.opset if self.opset is not None else MIN_OPSET_FOR_DTYPE[self.dtype]
+
     @property
     def is_dynamic(self) -> bool:
         return self.dynamic_height is not None or self.dynamic_width is not None
 
-    def check_sizes(self, size_divisor: int, largest_stride: int) -> None:
-        """Raise ValueError unless the model can take every image size this export accepts.
+    @property
+    def height_range(self) -> DimRange:
+        """Heights the export accepts (one value for a static height)."""
+        return self.dynamic_height or DimRange(self.height, self.height)
 
-        Sizes must be multiples of ``size_divisor`` (the host pre-processing pads to it and the
-        feature pyramid halves the input repeatedly). The smallest size of a dynamic range must
-        be at least twice the coarsest feature stride: a feature map 1 pixel tall or wide makes
-        torch.export specialise that dimension to a constant.
-        """
-        for name, value in (
-            ("height", self.height),
-            ("width", self.width),
-            *self._range_bounds("dynamic_height", self.dynamic_height),
-            *self._range_bounds("dynamic_width", self.dynamic_width),
-        ):
-            if value % size_divisor:
-                raise ValueError(
-                    f"{name} must be a multiple of {size_divisor} (the model's size divisor), got {value}; "
-                    f"nearest valid: {max(size_divisor, value // size_divisor * size_divisor)} or "
-                    f"{-(-value // size_divisor) * size_divisor}"
-                )
-        smallest = 2 * largest_stride
-        for name, extent in (("dynamic_height", self.dynamic_height), ("dynamic_width", self.dynamic_width)):
-            if extent is not None and extent.min < smallest:
-                raise ValueError(
-                    f"{name} MIN must be at least {smallest} (twice the model's coarsest feature stride "
-                    f"{largest_stride}), got {extent.min}"
-                )
-
-    @staticmethod
-    def _range_bounds(name: str, extent: DimRange | None) -> list[tuple[str, int]]:
-        if extent is None:
-            return []
-        return [(f"{name} MIN", extent.min), (f"{name} MAX", extent.max)]
+    @property
+    def width_range(self) -> DimRange:
+        """Widths the export accepts (one value for a static width)."""
+        return self.dynamic_width or DimRange(self.width, self.width)
 
     def to_json(self) -> dict[str, object]:
         """The options as plain JSON values, for the metadata file."""
         return {
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": _dtype_name(self.dtype),
             "height": self.height,
             "width": self.width,
             "dynamic_height": dataclasses.asdict(self.dynamic_height) if self.dynamic_height else None,
@@ -148,6 +188,12 @@ class ExportOptions:
             "optimization_level": self.optimization_level,
             "device": str(self.device),
             "opset": self.opset,
+            "allow_tf32": self.allow_tf32,
             "plugin_library": str(self.plugin_library) if self.plugin_library else None,
+            "embed_plugin": self.embed_plugin,
             "torch_tensorrt": self.torch_tensorrt.value if self.torch_tensorrt else None,
         }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,66 +1,97 @@
-"""The export run: validate, torch.export, save .pt2, ONNX, TensorRT engine, Torch-TensorRT, metadata.
+"""The export run: check, torch.export, .pt2, ONNX, TensorRT engine, Torch-TensorRT, metadata.
 
-Every stage is timed and logged; a failing stage raises :class:`ExportError` naming it and
-leaves no partial file (each file is written to a temporary name and moved into place).
+An export is one unit. Every stage writes into a temporary folder beside the output folder
+(``.<name>.partial-<pid>``); only when every stage succeeded is that folder swapped in whole for
+the output folder. A failed or interrupted export removes it and leaves the output folder as it
+was (or absent), never a mix of old and new files.
+
+The output folder may be missing, empty, or hold a previous codetr export (its ``metadata.json``
+and artifact files only), which is replaced whole. Any other non-empty folder is refused unless
+``overwrite``, which replaces it and everything in it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from codetr.config import Config
-from codetr.export.metadata import build_metadata, library_versions, write_metadata
-from codetr.export.onnx_model import save_onnx, to_onnx
-from codetr.export.options import Artifact, DimRange, ExportOptions
-from codetr.export.program import export_program, largest_feature_stride, prepare_model
 from codetr.atomic import atomic_path
+from codetr.config import Config
+from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode
+from codetr.contract.metadata import METADATA_NAME, write_metadata
+from codetr.export.metadata import build_metadata, library_versions
+from codetr.export.onnx_model import save_onnx, to_onnx
+from codetr.export.options import ExportOptions
+from codetr.export.program import check_input_sizes, export_program, prepare_model
 from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
 from codetr.export.torch_tensorrt_program import compile_and_save
 from codetr.quantization.engine_check import check_int8_engine
 from codetr.quantization.int8 import AMAX_FILE_NAME, QuantizationReport, write_amax
 from codetr.quantization.onnx_qdq import check_opset
+from codetr.tensorrt.plugin import read_plugin_library_info
 from codetr.tensorrt.torch_tensorrt import Partition
 
 logger = logging.getLogger("codetr.export")
 
-FILE_NAMES = {
-    Artifact.EXPORTED_PROGRAM: "model.pt2",
-    Artifact.ONNX: "model.onnx",
-    Artifact.ENGINE: "model.engine",
-}
-TORCH_TENSORRT_NAME = "model_torch_tensorrt.pt2"
-METADATA_NAME = "metadata.json"
+EXPORT_FILE_NAMES = frozenset({METADATA_NAME, AMAX_FILE_NAME, *(spec.file_name for spec in ARTIFACTS.values())})
+PLUGIN_VERSION_KEY = "codetr_msda_plugin"
+"""``versions`` key of the MSDA plugin library's version, checked by the TensorRT runtime."""
 
 
 @dataclasses.dataclass
 class ExportResult:
     """Where the files went and how long each stage took; ``partition`` is the Torch-TensorRT
-    compile's split (None without ``options.torch_tensorrt``), saved as ``compiled_program``."""
+    compile's split (None without ``options.torch_tensorrt``)."""
 
     output_dir: Path
     files: dict[Artifact, Path]
     metadata: Path
     stages: StageLog
-    compiled_program: Path | None = None
     partition: Partition | None = None
 
 
-def prepare_output_dir(output_dir: Path) -> Path:
-    """Create ``output_dir`` if needed; raise a clear error if it cannot be written."""
+def is_codetr_export(folder: Path) -> bool:
+    """Whether ``folder`` holds a codetr export and nothing else: a metadata.json of any
+    ``codetr-export/`` format and only file names from the artifact table."""
+    names = {entry.name for entry in folder.iterdir()}
+    if METADATA_NAME not in names or not names <= EXPORT_FILE_NAMES:
+        return False
+    try:
+        document = json.loads((folder / METADATA_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(document, dict) and str(document.get("format", "")).startswith("codetr-export/")
+
+
+def check_output_dir(output_dir: Path, overwrite: bool = False) -> Path:
+    """Raise a clear OSError unless an export can be swapped in at ``output_dir`` (see the module
+    docstring); creates its parent folder. Returns the absolute path."""
+    output_dir = Path(output_dir).absolute()
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output: {output_dir} exists and is not a directory")
+    if Path.cwd().resolve().is_relative_to(output_dir.resolve()):
+        raise IsADirectoryError(f"output: {output_dir} holds the current directory; choose another folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite and not is_codetr_export(output_dir):
+        found = sorted(entry.name for entry in output_dir.iterdir())
+        listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise FileExistsError(
+            f"output: {output_dir} is not empty and is not a codetr export (holds {listing}); choose a new "
+            "or empty folder, or pass --overwrite to replace that folder and everything in it"
+        )
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PermissionError(f"output: cannot create directory {output_dir}: {error.strerror}") from None
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"output: directory {output_dir} is not writable")
+    if not os.access(output_dir.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"output: cannot create directory {output_dir}: {output_dir.parent} is not writable")
     return output_dir
 
 
@@ -68,9 +99,7 @@ def engine_profiles(options: ExportOptions) -> dict[str, ShapeProfile]:
     """The TensorRT optimisation profile of the images input (empty for a static export)."""
     if not options.is_dynamic:
         return {}
-    heights = options.dynamic_height or DimRange(options.height, options.height)
-    widths = options.dynamic_width or DimRange(options.width, options.width)
-    batch = options.batch_size
+    heights, widths, batch = options.height_range, options.width_range, options.batch_size
     return {
         "images": ShapeProfile(
             min=(batch, 3, heights.min, widths.min),
@@ -81,27 +110,53 @@ def engine_profiles(options: ExportOptions) -> dict[str, ShapeProfile]:
 
 
 def export_model(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Callable[[], torch.nn.Module],
     config: Config,
     options: ExportOptions,
     output_dir: Path,
     *,
     checkpoint: Path | None = None,
+    overwrite: bool = False,
     quantization: QuantizationReport | None = None,
 ) -> ExportResult:
-    """Export ``model`` (built from ``config``, weights already loaded) into ``output_dir``.
+    """Export ``model`` (built from ``config``, weights loaded) into ``output_dir`` as one unit.
 
-    Writes the artifacts named in ``options`` plus ``metadata.json``; see the module docstring.
-    ``quantization``: the report of :func:`codetr.quantization.quantize_int8` when ``model`` is its
-    INT8 Q/DQ model; recorded in metadata.json, its amax statistics in int8_amax.json.
+    ``model`` may be a function that builds it, called after every check so that a mistake in
+    the options or the output folder is reported before weights load. Writes the artifacts named
+    in ``options``, the Torch-TensorRT program if asked, and ``metadata.json``. Raises ValueError
+    / OSError for sizes or an output folder that cannot work (before any work) and
+    :class:`~codetr.export.stages.ExportError` naming the stage that failed; in both cases, and
+    on KeyboardInterrupt, ``output_dir`` is left as it was. ``quantization``: the report of
+    :func:`codetr.quantization.quantize_int8` when ``model`` is its INT8 Q/DQ model; recorded in
+    metadata.json (``quantization``), its amax statistics in int8_amax.json.
     """
-    options.check_sizes(config.preprocess.size_divisor, largest_feature_stride(config))
+    check_input_sizes(config, options)
     if quantization is not None:
-        check_opset(options.opset, options.dtype)
-    output_dir = prepare_output_dir(Path(output_dir))
+        check_opset(options.onnx_opset, options.dtype)
+    output_dir = check_output_dir(output_dir, overwrite)
+    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        if not isinstance(model, torch.nn.Module):
+            model = model()
+        result = _export_into(staging, model, config, options, checkpoint, quantization)
+        _swap_in(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _moved(result, output_dir)
+
+
+def _export_into(
+    folder: Path, model: torch.nn.Module, config: Config, options: ExportOptions, checkpoint: Path | None,
+    quantization: QuantizationReport | None,
+) -> ExportResult:
     stages = StageLog()
     files: dict[Artifact, Path] = {}
     versions = library_versions()
+
+    def path_of(artifact: Artifact) -> Path:
+        return folder / ARTIFACTS[artifact].file_name
 
     with stages.stage("torch.export"):
         model = prepare_model(model, options)
@@ -109,66 +164,86 @@ def export_model(
 
     if Artifact.EXPORTED_PROGRAM in options.artifacts:
         with stages.stage("save exported program") as record:
-            record.path = files[Artifact.EXPORTED_PROGRAM] = output_dir / FILE_NAMES[Artifact.EXPORTED_PROGRAM]
+            record.path = files[Artifact.EXPORTED_PROGRAM] = path_of(Artifact.EXPORTED_PROGRAM)
             with atomic_path(record.path) as temporary:
                 torch.export.save(program, temporary)
 
     if Artifact.ONNX in options.artifacts:
         with stages.stage("onnx") as record:
             onnx_model = to_onnx(program, options)
-            record.path = files[Artifact.ONNX] = output_dir / FILE_NAMES[Artifact.ONNX]
+            record.path = files[Artifact.ONNX] = path_of(Artifact.ONNX)
             save_onnx(onnx_model, record.path)
             del onnx_model
 
     engine_check = None  # the INT8 engine's layer check (codetr.quantization.engine_check)
     if Artifact.ENGINE in options.artifacts:
         with stages.stage("tensorrt engine") as record:
-            path = output_dir / FILE_NAMES[Artifact.ENGINE]
             build = build_engine(
                 files[Artifact.ONNX],
-                path,
+                path_of(Artifact.ENGINE),
                 optimization_level=options.optimization_level,
                 profiles=engine_profiles(options),
                 plugin_library=options.plugin_library,
+                embed_plugin=options.embed_plugin,
                 timing_cache=options.timing_cache,
+                allow_tf32=options.allow_tf32,
             )
-            record.path = files[Artifact.ENGINE] = path
+            record.path = files[Artifact.ENGINE] = path_of(Artifact.ENGINE)
             versions[build.backend] = build.version
+            if build.plugin is not None:
+                versions[PLUGIN_VERSION_KEY] = build.plugin.version
             if quantization is not None:
                 engine_check = check_int8_engine(files[Artifact.ONNX], build.log)
 
-    compiled_program, partition = None, None
+    partition = None
     if options.torch_tensorrt is not None:
         with stages.stage(f"torch-tensorrt {options.torch_tensorrt.value}") as record:
-            path = output_dir / TORCH_TENSORRT_NAME
-            partition = compile_and_save(program, options, path, engine_profiles(options).get("images"))
-            record.path = compiled_program = path
+            record.path = path_of(Artifact.TORCH_TENSORRT)
+            partition = compile_and_save(program, options, record.path, engine_profiles(options).get("images"))
+            files[Artifact.TORCH_TENSORRT] = record.path
+            if options.torch_tensorrt is CompileMode.FULL:
+                versions[PLUGIN_VERSION_KEY] = read_plugin_library_info(options.plugin_library).version
 
-    amax_path = None
     if quantization is not None:
         with stages.stage("int8 amax") as record:
-            record.path = amax_path = output_dir / AMAX_FILE_NAME
-            write_amax(quantization, amax_path)
+            record.path = folder / AMAX_FILE_NAME
+            write_amax(quantization, record.path)
 
-    metadata_path = output_dir / METADATA_NAME
+    metadata_path = folder / METADATA_NAME
     with stages.stage("metadata") as record:
         record.path = metadata_path
-        file_names = {artifact.value: path.name for artifact, path in files.items()}
-        if compiled_program is not None:
-            file_names["torch_tensorrt"] = compiled_program.name
-        if amax_path is not None:
-            file_names["int8_amax"] = amax_path.name
-        metadata = build_metadata(
-            config,
-            options,
-            program,
-            files=file_names,
-            stages=stages.to_json(),
-            checkpoint=checkpoint,
-            versions=versions,
-            partition=partition,
+        document = build_metadata(
+            config, options, program, files=files, stages=stages.to_json(), checkpoint=checkpoint,
+            versions=versions, partition=partition,
         )
         if quantization is not None:
-            metadata["quantization"] = {**quantization.to_json(), "engine": engine_check}
-        write_metadata(metadata, metadata_path)
-    return ExportResult(output_dir, files, metadata_path, stages, compiled_program, partition)
+            document["quantization"] = {**quantization.to_json(), "engine": engine_check}
+        write_metadata(document, metadata_path)
+    return ExportResult(folder, files, metadata_path, stages, partition)
+
+
+def _swap_in(staging: Path, output_dir: Path) -> None:
+    """Put the finished ``staging`` folder at ``output_dir``; what was there is removed only
+    after the new folder is in place, and restored if the swap fails."""
+    if not output_dir.exists():
+        os.replace(staging, output_dir)
+        return
+    replaced = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
+    shutil.rmtree(replaced, ignore_errors=True)
+    os.replace(output_dir, replaced)
+    try:
+        os.replace(staging, output_dir)
+    except BaseException:
+        os.replace(replaced, output_dir)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
+    logger.info("replaced the previous contents of %s", output_dir)
+
+
+def _moved(result: ExportResult, output_dir: Path) -> ExportResult:
+    """``result`` with its paths pointing into ``output_dir`` instead of the staging folder."""
+    for record in result.stages.records:
+        if record.path is not None:
+            record.path = output_dir / record.path.name
+    files = {artifact: output_dir / path.name for artifact, path in result.files.items()}
+    return dataclasses.replace(result, output_dir=output_dir, files=files, metadata=output_dir / METADATA_NAME)

@@ -4,6 +4,8 @@ Works with ``tensorrt`` 10.x/11.x and, as a fallback, TensorRT-RTX (which builds
 without a GPU); :mod:`codetr.tensorrt.backend` picks the package. The network is strongly typed:
 every layer runs in the dtype the ONNX graph gives it, so the precision decisions made in the
 PyTorch model (see ``codetr.models``) carry over unchanged instead of TensorRT choosing its own.
+TensorRT lets float32 layers use TF32 by default; the builder's TF32 flag is cleared unless
+``allow_tf32``, so float32 means IEEE float32 as in the PyTorch model.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from types import ModuleType
 
 import onnx
 
-from codetr.contract.plugin import CODETR_OP_TYPE, NVIDIA_OP_TYPE
 from codetr.atomic import atomic_path
+from codetr.contract.plugin import CODETR_OP_TYPE, NVIDIA_OP_TYPE
 from codetr.tensorrt.backend import check_plugin_nodes_parsable, import_tensorrt, is_tensorrt_rtx
 from codetr.tensorrt.inspect import make_recording_logger
-from codetr.tensorrt.plugin import register_plugin_library
+from codetr.tensorrt.plugin import PluginLibraryInfo, register_plugin_library
 
 logger = logging.getLogger("codetr.export")
 
@@ -39,20 +41,13 @@ class ShapeProfile:
 @dataclasses.dataclass
 class EngineBuild:
     """What a build used and logged. ``log`` holds every builder message (VERBOSE included), from
-    which :func:`codetr.tensorrt.inspect.layers_from_build_log` lists the engine's layers."""
+    which :func:`codetr.tensorrt.inspect.layers_from_build_log` lists the engine's layers.
+    ``plugin`` is our MSDA plugin library when the graph uses it (None otherwise)."""
 
     backend: str
     version: str
     log: list[str]
-
-
-def tensorrt_available() -> bool:
-    """Whether a TensorRT (or TensorRT-RTX) builder can be imported."""
-    try:
-        import_tensorrt()
-    except ImportError:
-        return False
-    return True
+    plugin: PluginLibraryInfo | None = None
 
 
 def build_engine(
@@ -64,6 +59,7 @@ def build_engine(
     plugin_library: Path | None = None,
     embed_plugin: bool = False,
     timing_cache: Path | None = None,
+    allow_tf32: bool = False,
 ) -> EngineBuild:
     """Parse ``onnx_path`` into a strongly typed network and write the serialized engine.
 
@@ -72,14 +68,16 @@ def build_engine(
     the package's copy), loaded only when the graph has ``codetr::CodetrMSDA`` nodes;
     ``embed_plugin`` serializes it into the engine so deployment needs no separate library.
     ``timing_cache`` is read if present and rewritten with this build's timings (full
-    TensorRT only: TensorRT-RTX has no timing cache). The engine is written atomically.
+    TensorRT only: TensorRT-RTX has no timing cache). ``allow_tf32`` keeps TensorRT's default
+    of TF32 for float32 layers; False (default) clears the flag. The engine is written atomically.
     """
     trt = import_tensorrt()
     build_log = _process_logger(trt)
     build_log.messages.clear()
     op_types = _custom_op_types(onnx_path)
+    plugin = None
     if CODETR_OP_TYPE in op_types:
-        register_plugin_library(trt, plugin_library)
+        plugin = register_plugin_library(trt, plugin_library)
         check_plugin_nodes_parsable(trt)
     if NVIDIA_OP_TYPE in op_types:
         _load_nvidia_plugins(trt, build_log)
@@ -95,9 +93,11 @@ def build_engine(
     config.builder_optimization_level = optimization_level
     # Layer types and names in the engine (and in the VERBOSE build log), for inspection.
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if not allow_tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     _add_profile(builder, network, config, profiles or {})
     if embed_plugin and CODETR_OP_TYPE in op_types:
-        config.plugins_to_serialize = [str(register_plugin_library(trt, plugin_library).path)]
+        config.plugins_to_serialize = [str(plugin.path)]
     use_timing_cache = timing_cache is not None and not is_tensorrt_rtx(trt)
     if use_timing_cache:
         cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
@@ -113,7 +113,7 @@ def build_engine(
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(timing_cache) as temporary:
             temporary.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    return EngineBuild(trt.__name__, trt.__version__, [text for _, text in build_log.messages])
+    return EngineBuild(trt.__name__, trt.__version__, [text for _, text in build_log.messages], plugin)
 
 
 _loggers: dict[str, object] = {}

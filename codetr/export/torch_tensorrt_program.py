@@ -15,21 +15,15 @@ from torch.export import ExportedProgram
 from codetr.export.options import ExportOptions
 from codetr.export.program import example_inputs
 from codetr.export.tensorrt_engine import ShapeProfile
-from codetr.tensorrt.torch_tensorrt import Partition, compile_program, partition_of, save_compiled
+from codetr.tensorrt.torch_tensorrt import (
+    Partition,
+    compile_program,
+    partition_of,
+    save_compiled,
+    torch_tensorrt_unavailable_reason,
+)
 
 logger = logging.getLogger("codetr.export")
-
-
-def torch_tensorrt_unavailable_reason() -> str | None:
-    """Why ``torch_tensorrt`` cannot be imported, or None when it can."""
-    try:
-        import torch_tensorrt  # noqa: F401
-    except (ImportError, OSError) as error:
-        return (
-            f"torch_tensorrt cannot be imported ({type(error).__name__}: {error}); install torch-tensorrt "
-            "matching this torch (it needs TensorRT 10.x/11.x and a CUDA GPU)"
-        )
-    return None
 
 
 def _compile_inputs(options: ExportOptions, images_profile: ShapeProfile | None) -> list[object]:
@@ -61,6 +55,7 @@ def compile_and_save(
     compiled = compile_program(
         program, inputs, options.torch_tensorrt,
         optimization_level=options.optimization_level, plugin_library=options.plugin_library,
+        allow_tf32=options.allow_tf32,
     )
     partition = partition_of(compiled)
     logger.info("Torch-TensorRT %s partition: %s", options.torch_tensorrt.value, partition)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from codetr.config import Config
-from codetr.models.detector import CoDINO, Detections, select_detections
+from codetr.models.detector import CoDINO, Detections, check_model_inputs, select_detections
 
-__all__ = ["DTYPES", "CoDINO", "Detections", "build_model", "select_detections"]
+__all__ = ["DTYPES", "CoDINO", "Detections", "build_model", "check_model_inputs", "select_detections"]
 
 # The precisions a Co-DINO model runs in, by the names the command lines take.
 DTYPES: dict[str, torch.dtype] = {

@@ -5,11 +5,17 @@
 valid content. Normalisation runs in float32 (float64 for float64 images), then the input is cast
 to the parameters' dtype, so ``model.to(torch.float16)`` is all it takes to run in half precision;
 scores, boxes and the final top-k stay float32 (see the precision notes of the submodules).
+
+Inputs are checked in ``forward`` (:func:`check_model_inputs`, and the encoder-size check of
+:meth:`CoDINO.check_input_size`) with ``torch._check_value``, so a wrong input raises ValueError
+naming what is wrong, and torch.export keeps the shape checks as guards on the exported sizes.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 import torch
 from torch import nn
@@ -51,12 +57,61 @@ class CoDINO(nn.Module):
         # stay float32 when the model is cast to half precision.
         self.pixel_mean = tuple(preprocess.mean)
         self.pixel_std = tuple(preprocess.std)
+        self.num_queries = model.transformer.num_queries
+        if self.max_per_img > self.num_queries * self.num_classes:
+            raise ValueError(
+                f"max_per_img {self.max_per_img} exceeds num_queries x num_classes = {self.num_queries * self.num_classes}"
+            )
+
+    @property
+    def feature_strides(self) -> list[int]:
+        """Stride (input pixels per feature cell) of each level the encoder reads; a level of an
+        H x W input has ceil(H / stride) x ceil(W / stride) cells."""
+        return self.neck.strides(self.backbone.strides)
+
+    def encoder_tokens(self, height: int, width: int) -> int:
+        """Number of encoder tokens (feature cells over all levels) for a padded input of
+        height x width pixels. Works on torch.export's symbolic sizes too."""
+        return sum((-(-height // stride)) * (-(-width // stride)) for stride in self.feature_strides)
+
+    def min_input_size(self, multiple: int = 1, height: int | None = None) -> int:
+        """Smallest side, a multiple of ``multiple``, whose input gives at least ``num_queries``
+        encoder tokens (the two-stage query selection takes the top num_queries of them): of a
+        square input, or the smallest width for the given ``height``."""
+        def enough(steps: int) -> bool:
+            side = steps * multiple
+            return self.encoder_tokens(side if height is None else height, side) >= self.num_queries
+
+        high = 1  # in multiples; tokens grow with the side, so double, then bisect
+        while not enough(high):
+            high *= 2
+        low = high // 2  # not enough (or 0)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if enough(middle) else (middle, high)
+        return high * multiple
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """ValueError unless a padded height x width input gives at least ``num_queries`` encoder
+        tokens; the message names the smallest sizes that work. Export helpers call it up front."""
+        torch._check_value(
+            self.encoder_tokens(height, width) >= self.num_queries,
+            lambda: (
+                f"input size {height}x{width} gives {self.encoder_tokens(height, width)} encoder tokens (feature "
+                f"strides {self.feature_strides}), fewer than the model's {self.num_queries} queries: the smallest "
+                f"square input that works is {self.min_input_size()}x{self.min_input_size()}"
+                + (f", and at height {height} the width must be at least {self.min_input_size(height=height)}"
+                   if is_concrete_int(height) else "")
+            ),
+        )
 
     @property
     def dtype(self) -> torch.dtype:
         return self.query_head.transformer.level_embeds.dtype
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
+        check_model_inputs(images, image_sizes)
+        self.check_input_size(images.shape[2], images.shape[3])
         compute_dtype = torch.promote_types(images.dtype, torch.float32)
         mean = torch.tensor(self.pixel_mean, dtype=compute_dtype, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.pixel_std, dtype=compute_dtype, device=images.device).view(1, 3, 1, 1)
@@ -64,6 +119,37 @@ class CoDINO(nn.Module):
         features = self.neck(self.backbone(normalised))
         logits, boxes = self.query_head(features, image_sizes, (images.shape[2], images.shape[3]))
         return select_detections(logits, boxes, image_sizes, self.max_per_img)
+
+
+def check_model_inputs(images: torch.Tensor, image_sizes: torch.Tensor) -> None:
+    """ValueError unless images is [B, 3, H, W] and image_sizes [B, 2] integer (h, w) with
+    1 <= h <= H and 1 <= w <= W for every image (a larger size would place boxes outside the input).
+
+    The shape checks hold under torch.export (guards on the symbolic sizes). The value checks read
+    image_sizes, which in an exported graph would be a data-dependent assertion (and, on a GPU, a
+    device sync per call): they run in eager mode only; runtimes of exported artifacts check the
+    same on the host before the call.
+    """
+    torch._check_value(images.dim() == 4 and images.shape[1] == 3, lambda: f"images must be [B, 3, H, W], got {list(images.shape)}")
+    torch._check_value(
+        image_sizes.dim() == 2 and image_sizes.shape[1] == 2 and not image_sizes.is_floating_point() and not image_sizes.is_complex(),
+        lambda: f"image_sizes must be [B, 2] integer (h, w), got {list(image_sizes.shape)} {image_sizes.dtype}",
+    )
+    torch._check_value(
+        image_sizes.shape[0] == images.shape[0],
+        lambda: f"image_sizes has {image_sizes.shape[0]} rows for a batch of {images.shape[0]} images",
+    )
+    if torch.compiler.is_compiling():
+        return
+    height, width = images.shape[2], images.shape[3]
+    outside = (image_sizes < 1).any(1) | (image_sizes[:, 0] > height) | (image_sizes[:, 1] > width)
+    torch._check_value(
+        not bool(outside.any()),
+        lambda: (
+            f"image_sizes must lie in [1, {height}] x [1, {width}] (the images tensor is {height}x{width}); "
+            f"got {image_sizes[outside].tolist()} for image(s) {outside.nonzero().flatten().tolist()}"
+        ),
+    )
 
 
 def select_detections(logits: torch.Tensor, boxes: torch.Tensor, image_sizes: torch.Tensor, max_per_img: int) -> Detections:

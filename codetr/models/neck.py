@@ -40,6 +40,11 @@ class ChannelMapper(nn.Module):
             for channels in extra_inputs[: config.num_outs - len(config.in_channels)]
         )
 
+    def strides(self, input_strides: list[int]) -> list[int]:
+        """Output strides for backbone outputs at ``input_strides``: each extra level halves the
+        previous one (3x3 stride-2 convolution, padding 1: ceil(H / 2) rows)."""
+        return list(input_strides) + [input_strides[-1] * 2 ** (index + 1) for index in range(len(self.extra_convs))]
+
     def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = [conv(x) for conv, x in zip(self.convs, inputs)]
         for index, conv in enumerate(self.extra_convs):

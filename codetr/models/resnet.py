@@ -41,6 +41,9 @@ class ResNetBackbone(nn.Module):
         self.out_indices = config.out_indices
         widths = [64, 128, 256, 512]
         self.out_channels = [widths[i] * block.expansion for i in config.out_indices]
+        # stem (conv1 + maxpool) divides by 4, each later stage by 2; every stride-2 layer pads so
+        # that an output is ceil(input / 2), hence an output has ceil(H / stride) rows.
+        self.strides = [4 * 2**i for i in config.out_indices]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))

@@ -202,6 +202,9 @@ class SwinTransformer(nn.Module):
         for index in config.out_indices:
             self.add_module(f"norm{index}", nn.LayerNorm(widths[index]))
         self.out_channels = [widths[index] for index in config.out_indices]
+        # patch embedding divides by patch_size, each patch merging by 2; both pad bottom/right,
+        # so an output has ceil(H / stride) rows.
+        self.strides = [config.patch_size * 2**index for index in config.out_indices]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(images)

@@ -18,7 +18,27 @@ except ImportError as error:
         "torch with: bash scripts/install.sh (or pip install --no-build-isolation -e .)"
     ) from error
 
-__all__ = ["msda"]
+__all__ = ["MSDA_CHECK_VARIABLE", "msda", "set_msda_checks"]
+
+MSDA_CHECK_VARIABLE = "CODETR_MSDA_CHECK"
+"""Environment variable read when the library loads: any value but empty or ``0`` turns the level
+checks of :func:`set_msda_checks` on from the start."""
+
+
+def set_msda_checks(enabled: bool) -> bool:
+    """Turns the value checks of ``spatial_shapes`` / ``level_start_index`` on or off for CUDA
+    inputs; returns the previous setting (process-wide).
+
+    The contract, one for every device: the op raises (RuntimeError, the same message on CPU and
+    CUDA) when a level's (H, W) is not positive, ``level_start_index`` is not the running sum of
+    H*W, or the levels do not add up to S = value.shape[1] -- wherever checking is free. On CPU
+    it always is. On CUDA those values live on the device, and reading them costs a copy to the
+    host and a sync per call, so by default CUDA does not check: a level that does not fit inside
+    ``value`` reads as zeros (its points contribute nothing and get zero gradients; nothing is
+    read out of bounds). Turn the checks on to debug such inputs (``CODETR_MSDA_CHECK=1`` in the
+    environment does it from the start). Shapes, dtypes and devices are checked always.
+    """
+    return torch.ops.codetr.set_msda_checks(bool(enabled))
 
 
 def msda(
@@ -50,6 +70,10 @@ def msda(
     float64, float32, float16 and bfloat16 values are supported on CPU and CUDA, accumulating in
     float32 (float64). With a float16/bfloat16 value, sampling_locations and attention_weights
     may stay float32, which keeps sub-pixel precision on large maps.
+
+    Raises RuntimeError naming the argument for wrong ranks, sizes, dtypes or devices, and for
+    level values that do not fit ``value`` (always on CPU; on CUDA with :func:`set_msda_checks`,
+    else such a level reads as zeros).
     """
     return torch.ops.codetr.msda(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step

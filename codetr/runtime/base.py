@@ -7,7 +7,7 @@ import abc
 import torch
 
 from codetr.contract.metadata import ExportMetadata
-from codetr.models import Detections
+from codetr.models import Detections, check_model_inputs
 
 
 class Runtime(abc.ABC):
@@ -17,11 +17,13 @@ class Runtime(abc.ABC):
     float RGB 0-255 (resized and padded by :mod:`codetr.preprocess`), image_sizes [B, 2] int64
     (h, w) of the valid content — and returns :class:`~codetr.models.Detections` as CPU or
     device tensors: boxes [B, K, 4] float32 xyxy in network-input pixels, scores [B, K] float32,
-    labels [B, K] int64. ``metadata`` is the export's metadata.json (None for a model that was
-    not exported).
+    labels [B, K] int64. Inputs are checked with :func:`check_inputs` first (ValueError naming
+    the allowed values). ``metadata`` is the export's metadata.json (None for a model that was
+    not exported, or an artifact loaded without its metadata); ``device`` is where it computes.
     """
 
     metadata: ExportMetadata | None = None
+    device: torch.device = torch.device("cpu")
 
     @abc.abstractmethod
     def __call__(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
@@ -29,12 +31,31 @@ class Runtime(abc.ABC):
 
 
 def check_inputs(images: torch.Tensor, image_sizes: torch.Tensor, metadata: ExportMetadata | None = None) -> None:
-    """Raise ValueError for inputs a runtime cannot take, before running anything: wrong ranks,
-    image sizes larger than the image tensor, and (with ``metadata``) sizes or batches the export
-    does not accept."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
-    if tuple(image_sizes.shape) != (images.shape[0], 2):
-        raise ValueError(f"image_sizes must be [B, 2] = [{images.shape[0]}, 2], got {tuple(image_sizes.shape)}")
+    """Raise ValueError for inputs a runtime cannot take, before running anything: wrong ranks or
+    dtypes, image sizes outside the image tensor (:func:`codetr.models.check_model_inputs`),
+    and with ``metadata`` a batch, height or width the export does not accept
+    (:meth:`ExportMetadata.check_images`: the message names the allowed batch, range or multiple)."""
+    check_model_inputs(images, image_sizes)
     if metadata is not None:
         metadata.check_images(images.shape)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device with an index for CUDA (default: cuda if a GPU is visible, else
+    cpu). ValueError naming the device when it asks for a GPU that is not there."""
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device {str(device)!r} is not a device name (e.g. cpu, cuda, cuda:1): {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device}: no CUDA GPU is visible to torch (torch {torch.__version__}); use --device cpu")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return torch.device("cuda", index)
+    if device.type != "cpu":
+        raise ValueError(f"device {device}: codetr runs on cpu or cuda")
+    return device

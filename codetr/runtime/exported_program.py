@@ -7,27 +7,49 @@ from pathlib import Path
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401  registers the Q/DQ ops that INT8 programs call
 from torch.export import ExportedProgram
+from torch.export.passes import move_to_device_pass
 
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda, which plugin-mode programs call
+from codetr.contract.metadata import ExportMetadata
 from codetr.models import Detections
-from codetr.runtime.base import Runtime, check_inputs
+from codetr.models.precision import tf32
+from codetr.runtime.base import Runtime, check_inputs, resolve_device
 
 
 class ExportedProgramRuntime(Runtime):
-    """Runs an ExportedProgram on the device it was exported on (its graph is specialised to it)."""
+    """Runs an ExportedProgram.
 
-    def __init__(self, program: str | Path | ExportedProgram) -> None:
+    ``device``: where to run (default: the device it was exported on; another device moves the
+    program's weights there with ``torch.export.passes.move_to_device_pass``). ``allow_tf32``
+    (default: the metadata's ``precision.allow_tf32``, else False): whether float32 matmuls and
+    convolutions may use TF32 on the GPU (see :mod:`codetr.models.precision`).
+    """
+
+    def __init__(
+        self,
+        program: str | Path | ExportedProgram,
+        metadata: ExportMetadata | None = None,
+        *,
+        device: str | torch.device | None = None,
+        allow_tf32: bool | None = None,
+    ) -> None:
+        self.metadata = metadata
         if not isinstance(program, ExportedProgram):
             program = torch.export.load(Path(program))
-        self.program = program
-        self.module = program.module()
         tensors = [*program.state_dict.values(), *program.constants.values()]
         devices = {tensor.device for tensor in tensors if isinstance(tensor, torch.Tensor)}
-        self.device = devices.pop() if len(devices) == 1 else torch.device("cpu")
+        exported_on = devices.pop() if len(devices) == 1 else torch.device("cpu")
+        # A program exported on a GPU refuses a GPU-less machine by name unless device= moves it.
+        self.device = resolve_device(device if device is not None else exported_on)
+        if self.device != exported_on:
+            program = move_to_device_pass(program, self.device)
+        self.program = program
+        self.module = program.module()
+        self.allow_tf32 = allow_tf32 if allow_tf32 is not None else bool(metadata and metadata.allow_tf32)
 
     def __call__(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
-        check_inputs(images, image_sizes)
-        with torch.no_grad():
+        check_inputs(images, image_sizes, self.metadata)
+        with torch.no_grad(), tf32(self.allow_tf32):
             boxes, scores, labels = self.module(
                 images.to(self.device, torch.float32), image_sizes.to(self.device, torch.int64)
             )

@@ -7,14 +7,14 @@ without host synchronisation. Outputs whose shape only the engine knows at run t
 memory. With ``cuda_graph=True`` the enqueue is captured and replayed while the input shapes stay the
 same (a shape change recaptures).
 
-Before deserializing, the engine's ``metadata.json`` (written by the export beside it) is
-checked against the running TensorRT and our plugin library, so a version mismatch is reported
-as such instead of as TensorRT's generic deserialization failure.
+Before deserializing, the export's metadata (``metadata.json`` beside the engine, handed over
+by :func:`codetr.runtime.load_runtime`) is checked against the running TensorRT and our plugin
+library, so a version mismatch is reported as such instead of as TensorRT's generic
+deserialization failure.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,11 +23,10 @@ from types import ModuleType
 import torch
 
 from codetr.models import Detections
-from codetr.runtime.base import Runtime, check_inputs
+from codetr.contract.metadata import ExportMetadata
+from codetr.runtime.base import Runtime, check_inputs, resolve_device
 from codetr.tensorrt.backend import import_tensorrt
 from codetr.tensorrt.plugin import PACKAGE_LIBRARY, register_plugin_library
-
-METADATA_NAME = "metadata.json"
 
 
 def torch_dtype(trt: ModuleType, trt_type) -> torch.dtype:
@@ -48,7 +47,7 @@ def torch_dtype(trt: ModuleType, trt_type) -> torch.dtype:
 
 
 def check_engine_metadata(metadata: Mapping, backend: str, version: str, plugin_version: str | None) -> None:
-    """Raise RuntimeError when ``metadata`` (the export's metadata.json) says the engine was
+    """Raise ValueError when ``metadata`` (the export's metadata.json) says the engine was
     built by another TensorRT package/version than ``backend``/``version``, or with a plugin
     version other than ``plugin_version`` (None: no plugin library available).
 
@@ -58,21 +57,21 @@ def check_engine_metadata(metadata: Mapping, backend: str, version: str, plugin_
     built_by = {name: versions[name] for name in ("tensorrt", "tensorrt_rtx_bindings") if name in versions}
     if built_by and built_by.get(backend) != version:
         (built_backend, built_version), = built_by.items()
-        raise RuntimeError(
+        raise ValueError(
             f"engine was built with {built_backend} {built_version} but {backend} {version} is "
             "running; engines only load under the TensorRT version that built them: rebuild "
-            "the engine with export.py on this machine"
+            "the engine with codetr export on this machine"
         )
     if metadata.get("msda") == "plugin":
         if plugin_version is None:
-            raise RuntimeError(
+            raise ValueError(
                 "engine uses the codetr MSDA plugin but no plugin library is available "
                 f"(expected {PACKAGE_LIBRARY}); build it with TensorRT headers "
                 "(see codetr_build/tensorrt_plugin.py) or pass plugin_library="
             )
         built_plugin = versions.get("codetr_msda_plugin")
         if built_plugin is not None and built_plugin != plugin_version:
-            raise RuntimeError(
+            raise ValueError(
                 f"engine was built with codetr MSDA plugin version {built_plugin} but the loaded "
                 f"library is version {plugin_version}; rebuild the engine or use the matching "
                 "plugin library"
@@ -110,7 +109,8 @@ class TensorRTRuntime(Runtime):
     """A deserialized engine with one execution context, on ``device`` (default: cuda:0).
 
     ``plugin_library``: our MSDA plugin library (default: the package's copy, loaded when
-    present). ``metadata``: path of the export's metadata.json (default: beside the engine).
+    present). ``metadata``: the export's metadata, checked against the running TensorRT and
+    plugin before deserializing and against every input before running.
     ``cuda_graph``: capture the enqueue and replay it until the input shapes change (engines with
     data-dependent output shapes cannot be captured: ValueError on the first call).
     """
@@ -118,9 +118,9 @@ class TensorRTRuntime(Runtime):
     def __init__(
         self,
         engine_path: str | Path,
+        metadata: ExportMetadata | None = None,
         *,
         plugin_library: str | Path | None = None,
-        metadata: str | Path | None = None,
         device: str | torch.device | None = None,
         cuda_graph: bool = False,
     ) -> None:
@@ -128,10 +128,11 @@ class TensorRTRuntime(Runtime):
         if not engine_path.is_file():
             raise FileNotFoundError(f"engine_path: no such file {engine_path}")
         if not torch.cuda.is_available():
-            raise RuntimeError("the TensorRT runtime needs a CUDA GPU; none is visible to torch")
-        self.device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+            raise ValueError("the TensorRT runtime needs a CUDA GPU; none is visible to torch")
+        self.device = resolve_device(device or "cuda")
         if self.device.type != "cuda":
-            raise ValueError(f"device must be a CUDA device, got {self.device}")
+            raise ValueError(f"device must be a CUDA device for a TensorRT engine, got {self.device}")
+        self.metadata = metadata
         trt = import_tensorrt()
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -139,15 +140,14 @@ class TensorRTRuntime(Runtime):
         plugin_version = None
         if plugin_library is not None or PACKAGE_LIBRARY.is_file():
             plugin_version = register_plugin_library(trt, plugin_library).version
-        metadata_path = Path(metadata) if metadata is not None else engine_path.with_name(METADATA_NAME)
-        if metadata_path.is_file():
-            check_engine_metadata(json.loads(metadata_path.read_text()), trt.__name__, trt.__version__, plugin_version)
+        if metadata is not None:
+            check_engine_metadata(metadata.document, trt.__name__, trt.__version__, plugin_version)
 
         with torch.cuda.device(self.device):
             runtime = trt.Runtime(self._logger)
             self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
             if self.engine is None:
-                raise RuntimeError(
+                raise ValueError(
                     f"TensorRT {trt.__version__} could not deserialize {engine_path}; it was "
                     "probably built by another TensorRT version, for another GPU, or needs a "
                     "plugin library that is not loaded (see the TensorRT log above)"
@@ -172,7 +172,7 @@ class TensorRTRuntime(Runtime):
         self._graph: tuple[tuple, torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def __call__(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
-        check_inputs(images, image_sizes)
+        check_inputs(images, image_sizes, self.metadata)
         inputs = [
             tensor.to(self.device, self._dtypes[name]).contiguous()
             for name, tensor in zip(self.input_names, (images, image_sizes))

@@ -7,15 +7,16 @@ FULL    a converter maps ``torch.ops.codetr.msda`` to our IPluginV3 layer
         longer splits the graph and the model can become a single TensorRT engine.
 
 :func:`partition_of` reports the result (TensorRT vs PyTorch segments); :func:`save_compiled`
-and :func:`load_compiled` store and restore a compiled program. Needs ``torch-tensorrt``
-(optional extra); nothing here imports it before it is used.
+stores a compiled program, which :class:`codetr.runtime.torch_tensorrt.TorchTensorRTRuntime`
+runs. Needs ``torch-tensorrt`` (optional extra); nothing here imports it before it is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import enum
 import inspect
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,26 @@ from codetr.contract.plugin import CODETR_OP_TYPE, CODETR_PLUGIN_NAMESPACE, CODE
 from codetr.tensorrt.plugin import register_plugin_library
 
 MSDA_OP = torch.ops.codetr.msda.default
+
+
+def torch_tensorrt_unavailable_reason() -> str | None:
+    """Why ``torch_tensorrt`` cannot be used here, or None when it imports.
+
+    Catches every exception: besides ImportError/OSError, Torch-TensorRT-RTX raises a plain
+    ``Exception`` ("Could not find libtensorrt_rtx.so.1") when TensorRT-RTX's libraries are not
+    on the library path.
+    """
+    try:
+        # Torch-TensorRT prints its own import failures; the reason returned here replaces them.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import torch_tensorrt  # noqa: F401
+    except Exception as error:
+        first_line = next(iter(str(error).splitlines()), "")
+        return (
+            f"torch_tensorrt cannot be imported ({type(error).__name__}: {first_line}); install "
+            "torch-tensorrt matching this torch (it needs TensorRT 10.x/11.x and a CUDA GPU)"
+        )
+    return None
 _PLUGIN_VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -139,6 +160,7 @@ def compile_program(
     optimization_level: int = 3,
     min_block_size: int = 1,
     plugin_library: Path | None = None,
+    allow_tf32: bool = False,
     dryrun: bool = False,
 ) -> torch.fx.GraphModule:
     """Compile ``program`` with Torch-TensorRT in ``mode`` (see the module docstring).
@@ -147,7 +169,8 @@ def compile_program(
     positional inputs. The network keeps the program's dtypes (explicit typing). FULL mode
     registers the plugin library (default: the package's copy) and the converter, and fails
     loudly instead of silently falling back to PyTorch when a conversion fails. ``dryrun``
-    partitions without building engines (see :func:`partition_of`).
+    partitions without building engines (see :func:`partition_of`). ``allow_tf32`` False
+    (default) keeps float32 layers IEEE float32 (Torch-TensorRT's ``disable_tf32``).
     """
     import torch_tensorrt
 
@@ -157,6 +180,7 @@ def compile_program(
         "min_block_size": min_block_size,
         "optimization_level": optimization_level,
         "dryrun": dryrun,
+        "disable_tf32": not allow_tf32,
     }
     if mode is CompileMode.HYBRID:
         options["torch_executed_ops"] = {MSDA_OP}
@@ -183,22 +207,3 @@ def save_compiled(
     with atomic_path(path) as temporary:
         torch_tensorrt.save(module, str(temporary), output_format="exported_program", arg_inputs=list(example_inputs))
     return path
-
-
-def load_compiled(path: str | Path, plugin_library: Path | None = None) -> torch.nn.Module:
-    """Load a module saved by :func:`save_compiled`, ready to call.
-
-    The msda op is registered by importing codetr.ops; the plugin library is registered
-    (when given or present in the package) so FULL-mode engines deserialize.
-    """
-    import tensorrt
-    import torch_tensorrt
-
-    from codetr.tensorrt.plugin import PACKAGE_LIBRARY
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no compiled program at {path}")
-    if plugin_library is not None or PACKAGE_LIBRARY.is_file():
-        register_plugin_library(tensorrt, plugin_library)
-    return torch_tensorrt.load(str(path)).module()

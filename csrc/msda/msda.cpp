@@ -8,8 +8,26 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
 namespace codetr::msda {
 namespace {
+
+constexpr const char* kLevelCheckVariable = "CODETR_MSDA_CHECK";
+
+// Set from the environment when first read (any value but empty or "0" turns the checks on).
+std::atomic<bool>& level_checks_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* setting = std::getenv(kLevelCheckVariable);
+    return setting != nullptr && std::string(setting) != "" && std::string(setting) != "0";
+  }()};
+  return flag;
+}
+
+// torch.ops.codetr.set_msda_checks(enabled) -> the previous setting.
+bool set_level_checks(bool enabled) { return level_checks_flag().exchange(enabled); }
 
 // "[2, 3, 4]". Built by hand: streaming an IntArrayRef into the error message crashed torch 2.11
 // when the check fired on CUDA tensors.
@@ -109,14 +127,16 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   check_same_device(level_start_index, "level_start_index", value);
   check_same_device(sampling_locations, "sampling_locations", value);
   check_same_device(attention_weights, "attention_weights", value);
-  if (value.device().is_cpu()) {
-    check_level_layout(spatial_shapes.contiguous(), level_start_index.contiguous(),
+  if (value.device().is_cpu() || level_checks_enabled()) {  // off on CUDA: a sync per call
+    check_level_layout(spatial_shapes.cpu().contiguous(), level_start_index.cpu().contiguous(),
                        sizes.num_values);
   }
   return sizes;
 }
 
 }  // namespace
+
+bool level_checks_enabled() { return level_checks_flag().load(std::memory_order_relaxed); }
 
 Inputs checked_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                       const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
@@ -170,6 +190,7 @@ TORCH_LIBRARY(codetr, m) {
       "msda_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
       "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights, "
       "int im2col_step=64) -> (Tensor, Tensor, Tensor)");
+  m.def("set_msda_checks(bool enabled) -> bool", &set_level_checks);
 }
 
 }  // namespace codetr::msda

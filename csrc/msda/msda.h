@@ -20,9 +20,12 @@ struct Sizes {
 };
 
 // checked_inputs checks ranks, sizes, dtypes and devices of the op's inputs and names the
-// offending argument in the error. For CPU inputs it also checks spatial_shapes and
-// level_start_index against S; on CUDA that check would cost a host sync per call, so the kernels
-// instead skip any level that does not fit inside S (zeros, never an out-of-bounds read).
+// offending argument in the error. The values of spatial_shapes and level_start_index (positive
+// sizes, starts = running sums of H*W, sum = S) are checked where that is free: on CPU always.
+// On CUDA reading them costs a device-to-host copy and sync per call, so by default the kernels
+// instead read a level that does not fit inside S as zeros (never out of bounds: level_fits in
+// sampling.h); with level checks on (env CODETR_MSDA_CHECK=1 when the library loads, or
+// torch.ops.codetr.set_msda_checks(True)) CUDA runs the CPU check, with the same message.
 // The op's inputs after check_inputs, made contiguous for the kernels.
 struct Inputs {
   Sizes sizes;
@@ -39,6 +42,9 @@ struct Inputs {
 Inputs checked_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                       const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                       const at::Tensor& attention_weights, int64_t im2col_step);
+
+// Whether CUDA inputs get the value checks of spatial_shapes / level_start_index (see above).
+bool level_checks_enabled();
 
 // Checks that grad_output is [B, Q, M*D] in value's dtype on value's device; returns it
 // contiguous.

@@ -3,7 +3,8 @@ TensorRT would, with no TensorRT installed. Used by the plugin tests (fields, fo
 checks on CPU) and by scripts/check_plugin_enqueue.py (enqueue on a GPU against the torch op).
 
 The harness is compiled with the host C++ compiler against the TensorRT headers the plugin
-library was built with (TensorRT_INCLUDE_DIR / TENSORRT_ROOT, see codetr_build).
+library was built with (TensorRT_INCLUDE_DIR / TENSORRT_ROOT, see codetr_build). It compiles a
+file of the source checkout, so it is test code (tests/), not part of the installed package.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from codetr.contract.plugin import (
 )
 
 HARNESS_SOURCE = (
-    Path(__file__).resolve().parents[2] / "csrc" / "tensorrt" / "harness" / "msda_plugin_harness.cpp"
+    Path(__file__).resolve().parents[1] / "csrc" / "tensorrt" / "harness" / "msda_plugin_harness.cpp"
 )
 MAX_DIMS = 8
 

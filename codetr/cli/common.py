@@ -1,0 +1,47 @@
+"""Argument checks and messages every subcommand shares, so each mistake reads the same."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+
+import torch
+
+logger = logging.getLogger("codetr")
+
+FLOAT16_ON_CPU = (
+    "float16 and bfloat16 run many times slower than float32 on a CPU (one 1024x1024 image can take "
+    "minutes); use them on a GPU"
+)
+
+
+def device_type(text: str) -> torch.device:
+    """argparse ``type`` of ``--device``: a torch device that exists on this machine."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: only {count} CUDA GPU(s) are visible (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def warn_random_weights(seed: int) -> None:
+    """The loud warning of every command that runs or exports a model without a checkpoint."""
+    message = (
+        f"NO --checkpoint GIVEN: using DETERMINISTIC RANDOM WEIGHTS (seed {seed}). "
+        "Everything runs, but the detections are meaningless; pass --checkpoint for a real model."
+    )
+    banner = "!" * len(message)
+    logger.warning("\n%s\n%s\n%s", banner, message, banner)
+    warnings.warn(message, stacklevel=2)

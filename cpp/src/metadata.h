@@ -1,0 +1,62 @@
+// The parts of an export's metadata.json (format "codetr-export/2", written by
+// codetr.contract.metadata) that the runner acts on.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace codetr {
+
+inline constexpr const char* kMetadataFormat = "codetr-export/2";
+
+// An input side in pixels; min == max for a static export.
+struct SizeRange {
+  int64_t min = 0;
+  int64_t opt = 0;
+  int64_t max = 0;
+};
+
+// codetr.config.PreprocessConfig: keep-ratio resize into scale, pad to pad_size or to a multiple
+// of size_divisor with pad_colour (RGB 0-255).
+struct PreprocessConfig {
+  std::pair<int64_t, int64_t> scale;  // (long edge limit, short edge limit), any order
+  std::array<float, 3> pad_colour{};
+  std::optional<std::pair<int64_t, int64_t>> pad_size;  // (h, w)
+  int64_t size_divisor = 32;
+  bool mask_padding = false;
+};
+
+// codetr.config.NmsConfig: kind is "none", "nms" or "soft_nms".
+struct NmsConfig {
+  std::string kind = "none";
+  double iou_threshold = 0.8;
+  double sigma = 0.5;
+  double min_score = 1e-3;
+};
+
+struct ExportMetadata {
+  std::filesystem::path path;
+  std::vector<std::string> class_names;
+  std::vector<int64_t> category_ids;  // COCO category id of each label
+  int64_t batch_size = 1;
+  SizeRange height;
+  SizeRange width;
+  int64_t multiple = 1;
+  std::string dtype;
+  std::string msda;  // plugin | nvidia | decomposed: the form MSDA takes in the ONNX file and engine
+  PreprocessConfig preprocess;
+  double score_threshold = 0.0;
+  NmsConfig nms;
+  std::map<std::string, std::string> files;  // artifact -> file name
+};
+
+// Reads and checks metadata.json; throws std::runtime_error naming the file and the key.
+ExportMetadata read_metadata(const std::filesystem::path& path);
+
+}  // namespace codetr

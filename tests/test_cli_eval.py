@@ -1,0 +1,181 @@
+"""``codetr eval``: results files, the eager model against its ExportedProgram and ONNX Runtime,
+--data layouts, outputs and errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from codetr.cli import main
+from codetr.config import load_config
+from codetr.contract.artifacts import MsdaMode
+from codetr.export import Artifact, ExportOptions, export_model
+from codetr.models import build_model
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+METRIC_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"]
+
+
+def ground_truth_as_results(annotation_file: Path) -> list[dict]:
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in json.loads(annotation_file.read_text())["annotations"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> Path:
+    """The tiny model's ExportedProgram and ONNX model (standard ONNX ops), static 64x64 (the test
+    images' size, so the export's pre-processing equals the eager model's), float32."""
+    config = load_config(TINY)
+    options = ExportOptions(dtype=torch.float32, height=64, width=64, msda=MsdaMode.DECOMPOSED,
+                            artifacts=(Artifact.EXPORTED_PROGRAM, Artifact.ONNX))
+    output = tmp_path_factory.mktemp("tiny_export")
+    export_model(build_model(config), config, options, output)
+    return output
+
+
+def test_detections_file_ground_truth_scores_one(tmp_path: Path, tiny_coco, capsys) -> None:
+    annotation_file, _ = tiny_coco
+    detections = tmp_path / "results.json"
+    detections.write_text(json.dumps(ground_truth_as_results(annotation_file)))
+    assert main(["eval", "--detections", str(detections), "--annotations", str(annotation_file), "--output", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(metrics["bbox"]) == METRIC_KEYS
+    assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP50"] == pytest.approx(1.0)
+    assert set(metrics["per_class"]) == {"cat", "dog", "car", "tree", "cup"}
+    assert (metrics["images"], metrics["images_skipped"], metrics["images_per_second"]) == (5, 0, None)
+    assert not (tmp_path / "out" / "results.json").exists()  # the results are the input file
+    printed = capsys.readouterr().out
+    assert "results.json" in printed and "   1.000" in printed and "class AP" in printed
+
+
+@pytest.mark.slow  # the export alone takes ~40 s on 2 CPU cores
+def test_eager_exported_program_and_onnxruntime_give_the_same_ap(tmp_path: Path, tiny_coco, tiny_export, capsys) -> None:
+    annotation_file, image_dir = tiny_coco
+    output = tmp_path / "out"
+    code = main(["eval", "--config", str(TINY), "--model", str(tiny_export / "model.pt2"), "--model", str(tiny_export / "model.onnx"),
+                 "--annotations", str(annotation_file), "--images", str(image_dir), "--output", str(output),
+                 "--device", "cpu", "--workers", "0"])
+    assert code == 0
+    metrics = {label: json.loads((output / label / "metrics.json").read_text()) for label in ("eager", "model.pt2", "model.onnx")}
+    eager_ap = metrics["eager"]["bbox"]
+    assert 0.2 < eager_ap["AP"] < 1.0  # the ground truth is the eager model's detections, moved
+    for label in ("model.pt2", "model.onnx"):
+        assert metrics[label]["bbox"] == pytest.approx(eager_ap, abs=1e-6)
+        assert metrics[label]["per_class"] == pytest.approx(metrics["eager"]["per_class"], abs=1e-6)
+        assert metrics[label]["images"] == 5 and metrics[label]["images_per_second"] > 0
+        assert len(json.loads((output / label / "results.json").read_text())) == 5 * 20
+    comparison = json.loads((output / "comparison.json").read_text())
+    assert comparison["reference"] == "eager" and set(comparison["models"]) == {"model.pt2", "model.onnx"}
+    for entry in comparison["models"].values():
+        assert entry["delta_AP"] == pytest.approx(0.0, abs=1e-6) and entry["unmatched"] == 0
+        assert entry["max_score_difference"] < 1e-4 and entry["max_box_difference"] < 0.05
+        assert set(entry["per_image"]) == {"1", "2", "3", "4", "5"}
+    printed = capsys.readouterr().out
+    assert "ΔAP" in printed and "model.onnx" in printed and "against eager" in printed
+
+
+def test_data_folder_in_the_generated_layout(tmp_path: Path, tiny_coco) -> None:
+    annotation_file, image_dir = tiny_coco
+    (tmp_path / "data" / "annotations").mkdir(parents=True)
+    shutil.copy(annotation_file, tmp_path / "data" / "annotations" / "instances_val.json")
+    shutil.copytree(image_dir, tmp_path / "data" / "val")
+    output = tmp_path / "out"
+    assert main(["eval", "--config", str(TINY), "--data", str(tmp_path / "data"), "--output", str(output), "--device", "cpu",
+                 "--workers", "1", "--batch-size", "2"]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["images"] == 5 and 0.2 < metrics["bbox"]["AP"] < 1.0
+    assert {entry["image_id"] for entry in json.loads((output / "results.json").read_text())} == {1, 2, 3, 4, 5}
+
+
+def test_unreadable_images_are_counted_in_metrics_json(tmp_path: Path, make_tiny_coco) -> None:
+    annotation_file, image_dir = make_tiny_coco(tmp_path, images=3)
+    (image_dir / "0002.png").write_bytes(b"\x89PNG broken")
+    assert main(["eval", "--config", str(TINY), "--annotations", str(annotation_file), "--images", str(image_dir),
+                 "--output", str(tmp_path / "out"), "--device", "cpu", "--workers", "0"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (metrics["images"], metrics["images_skipped"], metrics["skipped"]) == (2, 1, ["0002.png"])
+
+
+def run_failing(arguments: list[str], capsys) -> str:
+    assert main(arguments) == 2
+    return capsys.readouterr().err
+
+
+def test_results_with_unknown_image_ids_name_the_file_and_key(tmp_path: Path, tiny_coco, capsys) -> None:
+    annotation_file, _ = tiny_coco
+    results = ground_truth_as_results(annotation_file)
+    results[2]["image_id"] = 77
+    (tmp_path / "dets.json").write_text(json.dumps(results))
+    error = run_failing(["eval", "--detections", str(tmp_path / "dets.json"), "--annotations", str(annotation_file)], capsys)
+    assert "dets.json[2]: image_id 77 is not in the annotation file (5 images, ids 1, 2, 3, 4, 5)" in error
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--detections", "{tmp}/missing.json", "--annotations", "{gt}"], "detections file not found: {tmp}/missing.json"),
+        (["--detections", "{gt}", "--annotations", "{tmp}/nothing.json"], "annotation file not found: {tmp}/nothing.json"),
+        (["--config", str(TINY), "--annotations", "{gt}", "--images", "{tmp}/no_images"], "image folder not found: {tmp}/no_images"),
+        (["--config", str(TINY), "--data", "{tmp}"], "--data {tmp}: no 'val' split found"),
+        (["--annotations", "{gt}"], "nothing to evaluate: give --model ARTIFACT, --config CONFIG or --detections"),
+        (["--detections", "{gt}", "--config", str(TINY), "--annotations", "{gt}"], "--detections scores a results file; it cannot be combined"),
+        (["--config", str(TINY), "--annotations", "{gt}"], "--annotations needs --images DIR"),
+        (["--config", str(TINY)], "give the dataset as --annotations A.json --images DIR, or as --data DIR"),
+        (["--model", "{tmp}/model.pt2", "--annotations", "{gt}", "--images", "{tmp}"], "{tmp}/model.pt2"),
+        (["--config", str(TINY), "--checkpoint", "{tmp}/w.pth", "--detections", "{gt}", "--annotations", "{gt}"], "cannot be combined"),
+        (["--model", "{tmp}/model.pt2", "--dtype", "float16", "--data", "{tmp}"], "--dtype applies to --config only"),
+        (["--detections", "{gt}", "--annotations", "{gt}", "--score-threshold", "2"], "--score-threshold must be in [0, 1], got 2.0"),
+    ],
+)
+def test_bad_arguments_name_the_file_or_option(tmp_path: Path, tiny_coco, capsys, arguments: list[str], message: str) -> None:
+    substitute = lambda text: text.format(tmp=tmp_path, gt=tiny_coco[0])  # noqa: E731
+    assert substitute(message) in run_failing(["eval", *map(substitute, arguments), "--device", "cpu"], capsys)
+
+
+def test_an_empty_dataset_is_an_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty.json").write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}))
+    error = run_failing(["eval", "--config", str(TINY), "--annotations", str(tmp_path / "empty.json"), "--images", str(tmp_path),
+                         "--device", "cpu"], capsys)
+    assert "empty.json" in error and "empty" in error
+
+
+def test_categories_that_do_not_match_list_both(tmp_path: Path, tiny_coco, capsys) -> None:
+    annotation_file, image_dir = tiny_coco
+    dataset = json.loads(annotation_file.read_text())
+    dataset["categories"][1]["name"] = "bicycle"
+    (tmp_path / "other.json").write_text(json.dumps(dataset))
+    error = run_failing(["eval", "--config", str(TINY), "--annotations", str(tmp_path / "other.json"), "--images", str(image_dir),
+                         "--device", "cpu", "--workers", "0"], capsys)
+    assert "the model's class names do not match the categories of" in error and "other.json" in error
+    assert "model (5): ['cat', 'dog', 'car', 'tree', 'cup']" in error and "only in the file: ['bicycle']" in error
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch: ~20 s on 2 CPU cores
+def test_torchrun_two_gloo_ranks_write_the_single_process_results(tmp_path: Path, tiny_coco) -> None:
+    annotation_file, image_dir = tiny_coco
+    common = ["eval", "--config", str(TINY), "--annotations", str(annotation_file), "--images", str(image_dir),
+              "--device", "cpu", "--workers", "0"]
+    assert main([*common, "--output", str(tmp_path / "single")]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "-m", "codetr", *common, "--output", str(tmp_path / "distributed")],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    single, distributed = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("single", "distributed"))
+    assert distributed["bbox"] == single["bbox"] and distributed["per_class"] == single["per_class"]
+    assert distributed["images"] == 5
+    assert (tmp_path / "distributed" / "results.json").read_text() == (tmp_path / "single" / "results.json").read_text()
+    assert completed.stdout.count("class AP") == 1  # rank 0 alone prints
