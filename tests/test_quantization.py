@@ -201,7 +201,7 @@ def test_int8_metadata_and_amax_file(int8_export: Path, quantized) -> None:
     assert section["quantized_modules"] == list(quantized.report.quantized)
     assert "backbone.conv1" in section["excluded_modules"]
     assert section["calibration"]["images"] == CALIBRATION_IMAGES and section["calibration"]["available"] == 4
-    assert metadata["files"]["int8_amax"] == AMAX_FILE_NAME
+    assert section["amax_file"] == AMAX_FILE_NAME
     amax = json.loads((int8_export / AMAX_FILE_NAME).read_text())["amax"]
     assert amax["backbone.layer1.0.conv1"]["input"] == quantized.report.amax["backbone.layer1.0.conv1"].input
 
