@@ -301,3 +301,53 @@ def test_calibration_set_reads_a_coco_dataset(synthetic_dataset) -> None:
     assert images.kind == "coco" and images.available == 6 and len(images.paths) == 4
     assert all(path.parent.name == "train" and path.is_file() for path in images.paths)
     assert len(calibration_set(synthetic_dataset, None, split="val").paths) == 4
+
+
+# ---------------------------------------------------------------- codetr quantize-sensitivity
+
+
+def test_sensitivity_table_measures_each_group(tiny_coco, tmp_path, capsys) -> None:
+    """On a dataset whose ground truth is the float tiny model's own detections, the floating-point
+    row scores the reference AP, every group row is scored, and quantizing everything costs AP."""
+    annotation_file, image_dir = tiny_coco
+    (tmp_path / "data" / "annotations").mkdir(parents=True)
+    (tmp_path / "data" / "annotations" / "instances_val.json").symlink_to(annotation_file)
+    (tmp_path / "data" / "val").symlink_to(image_dir)
+    output = tmp_path / "sensitivity.json"
+    status = codetr_main(["quantize-sensitivity", "--config", str(TINY), "--data", str(tmp_path / "data"),
+                          "--calibration-data", str(image_dir), "--device", "cpu", "--workers", "0",
+                          "--output", str(output)])
+    assert status == 0
+    rows = {row["group"]: row for row in json.loads(output.read_text())["rows"]}
+    reference = evaluate_reference_ap(annotation_file, image_dir)
+    assert rows["floating point"]["ap"] == pytest.approx(reference, abs=1e-9)
+    assert {"backbone stem", "backbone.layer1", "neck", "encoder.layers.0", "decoder.layers.1",
+            "MSDA sampling offsets + attention weights", "classification branches", "box branches",
+            "default INT8", "all INT8"} <= set(rows)
+    assert rows["all INT8"]["drop"] > 0
+    assert rows["backbone.layer1"]["drop"] == pytest.approx(rows["floating point"]["ap"] - rows["backbone.layer1"]["ap"])
+    assert "| default INT8 |" in output.with_suffix(".md").read_text()
+    assert "| all INT8 |" in capsys.readouterr().out
+
+
+def evaluate_reference_ap(annotation_file: Path, image_dir: Path) -> float:
+    """AP of the float tiny model straight through pycocotools (the independent reference)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from codetr.postprocess import coco_results
+    from codetr.runtime.predictor import Predictor
+
+    predictor = Predictor.from_config(TINY)
+    ground_truth = COCO(str(annotation_file))
+    names = {category["name"]: category["id"] for category in ground_truth.loadCats(ground_truth.getCatIds())}
+    category_ids = tuple(names[name] for name in predictor.class_names)
+    results = []
+    for image in ground_truth.loadImgs(ground_truth.getImgIds()):
+        detections = predictor([read_image(image_dir / image["file_name"])])[0]
+        results += coco_results(image["id"], detections, category_ids)
+    evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return float(evaluator.stats[0])
