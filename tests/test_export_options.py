@@ -55,7 +55,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ({"opset": 17}, "opset 17 cannot be honoured"),
         ({"opset": 23}, "goes up to opset 22"),
         ({"dtype": torch.bfloat16, "opset": 18}, "bfloat16 ONNX needs opset >= 22"),
-        ({"artifacts": (Artifact.EXPORTED_PROGRAM, Artifact.AOTI)}, "aoti cannot be requested here"),
+        ({"artifacts": (Artifact.EXPORTED_PROGRAM, Artifact.TORCH_TENSORRT)}, "torch_tensorrt cannot be requested here"),
         ({"embed_plugin": True, "artifacts": (Artifact.ONNX,)}, "embed_plugin: only an engine"),
         ({"torch_tensorrt": CompileMode.HYBRID}, "Torch-TensorRT compiles on a CUDA GPU"),
         ({"torch_tensorrt": "hybrid"}, r"torch_tensorrt must be None or a CompileMode \(hybrid, full\)"),
@@ -146,7 +146,7 @@ def test_dim_range_parse() -> None:
         (["--torch-tensorrt", "partial"], "argument --torch-tensorrt: invalid choice: 'partial'"),
         (["--dtype", "bfloat16", "--opset", "18"], "bfloat16 ONNX needs opset >= 22"),
         (["--opset", "17"], "opset 17 cannot be honoured"),
-        (["--artifacts", "aoti"], "--artifacts: unknown aoti"),
+        (["--artifacts", "torch_tensorrt"], "--artifacts: unknown torch_tensorrt"),
         (["--height", "32", "--width", "32"], "smallest square input that works is 64x64"),
     ],
 )

@@ -20,7 +20,7 @@ from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
-from codetr.export.options import BUILT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
+from codetr.export.options import BUILT_ARTIFACTS, DEFAULT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
 from codetr.export.pipeline import export_model
 from codetr.export.stages import ExportError
 from codetr.models import DTYPES, build_model
@@ -70,7 +70,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--artifacts", default=AUTO_ARTIFACTS,
         help="comma-separated subset of " + ",".join(a.value for a in BUILT_ARTIFACTS)
-        + " (default: auto = all, the engine only when TensorRT and, for --msda plugin, the plugin library are found)",
+        + " (default: auto = exported_program,onnx,engine, the engine only when TensorRT and, for --msda plugin, the "
+        "plugin library are found; aoti, an AOTInductor package for --device, compiles for minutes)",
     )
     parser.add_argument("--msda", choices=[mode.value for mode in MsdaMode], default=MsdaMode.PLUGIN.value,
                         help="plugin: one codetr::CodetrMSDA node (our TensorRT plugin); nvidia: NVIDIA's "
@@ -126,7 +127,7 @@ def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[
         # Printed where the user sees it: the install hides the plugin build's own message.
         logger.warning("not building a TensorRT engine: %s", reason)
         return (Artifact.EXPORTED_PROGRAM, Artifact.ONNX), {Artifact.ENGINE: reason}
-    return BUILT_ARTIFACTS, {}
+    return DEFAULT_ARTIFACTS, {}
 
 
 def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None) -> str | None:

@@ -18,9 +18,12 @@ from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.contract.plugin import ONNX_IR_VERSION
 from codetr.models import DTYPES
 
-BUILT_ARTIFACTS = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX, Artifact.ENGINE)
+BUILT_ARTIFACTS = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX, Artifact.ENGINE, Artifact.AOTI)
 """Artifacts ``--artifacts`` can name; the Torch-TensorRT program has its own option
 (``torch_tensorrt``)."""
+DEFAULT_ARTIFACTS = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX, Artifact.ENGINE)
+"""What an export builds unless told otherwise: the AOTInductor package only on request (its C++
+compilation takes minutes)."""
 
 MIN_OPSET = 18
 """torch.onnx's exporter writes opset 18 at least: a lower requested opset would silently come out as 18."""
@@ -68,7 +71,7 @@ class ExportOptions:
     dynamic_height: DimRange | None = None
     dynamic_width: DimRange | None = None
     batch_size: int = 1
-    artifacts: tuple[Artifact, ...] = BUILT_ARTIFACTS
+    artifacts: tuple[Artifact, ...] = DEFAULT_ARTIFACTS
     msda: MsdaMode = MsdaMode.PLUGIN
     optimization_level: int = 3
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))

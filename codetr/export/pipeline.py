@@ -1,4 +1,5 @@
-"""The export run: check, torch.export, .pt2, ONNX, TensorRT engine, Torch-TensorRT, metadata.
+"""The export run: check, torch.export, .pt2, ONNX, TensorRT engine, AOTInductor package,
+Torch-TensorRT, metadata.
 
 An export is one unit. Every stage writes into a temporary folder beside the output folder
 (``.<name>.partial-<pid>``); only when every stage succeeded is that folder swapped in whole for
@@ -26,6 +27,7 @@ from codetr.atomic import atomic_path
 from codetr.config import Config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode
 from codetr.contract.metadata import METADATA_NAME, write_metadata
+from codetr.export.aoti_package import compile_package
 from codetr.export.metadata import build_metadata, library_versions
 from codetr.export.onnx_model import save_onnx, to_onnx
 from codetr.export.options import ExportOptions
@@ -194,6 +196,11 @@ def _export_into(
                 versions[PLUGIN_VERSION_KEY] = build.plugin.version
             if quantization is not None:
                 engine_check = check_int8_engine(files[Artifact.ONNX], build.log)
+
+    if Artifact.AOTI in options.artifacts:
+        with stages.stage("aoti package") as record:
+            record.path = files[Artifact.AOTI] = path_of(Artifact.AOTI)
+            compile_package(program, record.path)
 
     partition = None
     if options.torch_tensorrt is not None:

@@ -1,0 +1,116 @@
+"""``codetr bench``: latency, throughput and memory of exported models and the eager model.
+
+    codetr bench out/model_aoti.pt2 out/model.pt2 eager:float16 --config configs/x.toml \\
+        --batch-sizes 1,8 --json bench.json --plot bench.png
+
+Measures every ARTIFACT at every batch size (see :mod:`codetr.benchmark`) and prints one table;
+a static-batch export at another batch size is listed as skipped, not an error. A point whose
+loading or run fails (out of memory, ...) is listed as failed and the others still run; the
+exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
+from codetr.benchmark.report import format_table, plot, to_document, write_json
+from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets
+from codetr.data.images import list_images
+from codetr.models import DTYPES
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure latency, throughput and memory of artifacts and the eager model",
+        description="Measure model-only latency (min/median/p90/p99/max), throughput and peak memory of "
+        "exported artifacts and the eager model at several batch sizes, and with --images the end-to-end "
+        "time per image. Inputs are random images of each artifact's exported size.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "artifacts", nargs="+", metavar="ARTIFACT",
+        help=f"an exported file (metadata.json beside it), or '{EAGER}' (--config in --dtype) or "
+        f"'{EAGER}:DTYPE' ({', '.join(DTYPES)})",
+    )
+    parser.add_argument("--config", type=Path, help="model config TOML, for eager")
+    parser.add_argument("--checkpoint", type=Path, help="weights for eager (default: random; they time the same)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of plain 'eager'")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
+    parser.add_argument("--iterations", type=int, default=50, help="timed calls per point")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing each point")
+    parser.add_argument("--height", type=int, help="input height (default: the exported size, or the config's pad_size)")
+    parser.add_argument("--width", type=int, help="input width (default: as --height)")
+    parser.add_argument(
+        "--cuda-graph", choices=[mode.value for mode in CudaGraphMode], default=CudaGraphMode.OFF.value,
+        help="replay CUDA graphs in runtimes that can (AOTInductor, TensorRT): off, on, or both (each measured twice)",
+    )
+    parser.add_argument("--images", type=Path, help="a folder of images (or one image) to also time end to end")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding --images")
+    parser.add_argument("--device", help="device to run on (default: each artifact's own; eager: cuda if available)")
+    parser.add_argument("--allow-tf32", action="store_true", help="let eager float32 use TF32 on the GPU")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--plot", type=Path, help="write latency and throughput vs batch size here (.png, .svg, .pdf)")
+    return parser
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--batch-sizes must be comma-separated integers, e.g. 1,4,8; got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--batch-sizes must be positive integers, got {text!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config is not None and not args.config.is_file():
+        raise FileNotFoundError(f"--config: no such file {args.config}")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None and not path.parent.is_dir():
+            raise FileNotFoundError(f"{option}: folder {path.parent} does not exist")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"--device {args.device!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA GPU is visible to torch; use --device cpu")
+    settings = BenchSettings(
+        batch_sizes=parse_batch_sizes(args.batch_sizes),
+        iterations=args.iterations,
+        warmup=args.warmup,
+        height=args.height,
+        width=args.width,
+        images=tuple(list_images(args.images)) if args.images is not None else (),
+        workers=args.workers,
+        config=args.config,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        allow_tf32=args.allow_tf32,
+    )
+    targets = parse_targets(args.artifacts, args.dtype, CudaGraphMode(args.cuda_graph))
+    if any(target.path is None for target in targets) and args.config is None:
+        raise ValueError(f"'{EAGER}' needs --config (the model to build)")
+    outcomes = run_benchmark(targets, settings)
+    print(format_table(outcomes))
+    if args.json is not None:
+        write_json(to_document(outcomes, settings, args.dtype), args.json)
+        print(f"results -> {args.json}")
+    if args.plot is not None:
+        if any(isinstance(outcome, BenchResult) for outcome in outcomes):
+            plot(outcomes, args.plot)
+            print(f"plot -> {args.plot}")
+        else:
+            logger.warning("--plot: nothing was measured, no plot written")
+    return 1 if any(isinstance(outcome, Skipped) and outcome.failed for outcome in outcomes) else 0

@@ -1,0 +1,154 @@
+"""``codetr bench`` and codetr.benchmark: statistics against hand-computed values, a run over the
+tiny export's AOTInductor package and ONNX file (JSON and plot checked), eager with end-to-end
+timing over image files, and the errors a user can make."""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from codetr.benchmark.measure import LatencyStats, PeakMemory, time_calls
+from codetr.benchmark.targets import CudaGraphMode, parse_targets
+from codetr.cli import main
+from codetr.contract.artifacts import Artifact
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+
+
+def test_latency_statistics_are_numpys_linear_percentiles() -> None:
+    # Hand-computed for 1..10 ms: rank p/100 * (n - 1) interpolated linearly, e.g. p90 at rank
+    # 8.1 -> 9 + 0.1 * (10 - 9) = 9.1; p99 at rank 8.91 -> 9.91; median at 4.5 -> 5.5.
+    stats = LatencyStats.from_samples([float(value) for value in (7, 1, 10, 3, 5, 2, 9, 4, 8, 6)])
+    assert stats == pytest.approx(LatencyStats(min=1.0, median=5.5, p90=9.1, p99=9.91, max=10.0))
+    with pytest.raises(ValueError, match="no latency samples"):
+        LatencyStats.from_samples([])
+
+
+def test_cpu_timing_measures_each_call_and_the_wall_clock() -> None:
+    calls = []
+
+    def sleep() -> None:
+        calls.append(None)
+        time.sleep(0.02)
+
+    timing = time_calls(sleep, torch.device("cpu"), warmup=2, iterations=3)
+    assert len(calls) == 5 and timing.calls == 3
+    assert 20.0 <= timing.latency_ms.min <= timing.latency_ms.max < 1000.0
+    assert timing.wall_seconds >= 3 * 0.02
+
+
+def test_cpu_peak_memory_sees_a_large_allocation() -> None:
+    memory = PeakMemory(torch.device("cpu"))
+    memory.reset()
+    before = memory.read()
+    if before is None:
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+    after = memory.read()
+    del block
+    assert after - before >= 60 / 1024
+
+
+def test_cuda_graph_both_measures_cuda_packages_twice(tiny_aoti_export: Path, tmp_path: Path) -> None:
+    package, onnx_file = str(tiny_aoti_export / "model_aoti.pt2"), str(tiny_aoti_export / "model.onnx")
+    # the same package, its Inductor metadata saying it was compiled for CUDA
+    cuda_package = tmp_path / "cuda_aoti.pt2"
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(cuda_package, "w") as copy:
+        for name in source.namelist():
+            data = source.read(name)
+            copy.writestr(name, data.replace(b'"cpu"', b'"cuda"') if name.endswith("_metadata.json") else data)
+    names = [str(cuda_package), package, onnx_file, "eager", "eager:float16"]
+    targets = parse_targets(names, "float32", CudaGraphMode.BOTH)
+    assert [(target.name, target.artifact, target.cuda_graph, target.dtype) for target in targets] == [
+        (str(cuda_package), Artifact.AOTI, False, None),
+        (str(cuda_package), Artifact.AOTI, True, None),
+        (package, Artifact.AOTI, False, None),  # a CPU package has no CUDA graph to replay
+        (onnx_file, Artifact.ONNX, False, None),
+        ("eager", None, False, "float32"),
+        ("eager:float16", None, False, "float16"),
+    ]
+    assert targets[1].label == f"{cuda_package} + CUDA graph" and targets[5].label == "eager float16"
+
+
+def test_bench_runs_the_package_and_the_onnx_file(tiny_aoti_export: Path, tmp_path: Path, capsys) -> None:
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    artifacts = [str(tiny_aoti_export / "model_aoti.pt2"), str(tiny_aoti_export / "model.onnx")]
+    status = main(["bench", *artifacts, "--batch-sizes", "1,2", "--iterations", "4", "--warmup", "1",
+                   "--json", str(json_path), "--plot", str(plot_path)])
+    assert status == 0
+    document = json.loads(json_path.read_text())
+    assert {"device", "versions", "date", "iterations", "warmup"} <= set(document["header"])
+    assert document["header"]["versions"]["torch"] == torch.__version__
+    results = document["results"]
+    assert [(result["artifact"], result["batch_size"]) for result in results] == [(name, 1) for name in artifacts]
+    for result in results:
+        latency = result["latency_ms"]
+        assert 0 < latency["min"] <= latency["median"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+        # 4 calls of 1 image each, one after the other: at most 1000 / min latency images per second
+        assert 0 < result["images_per_second"] <= 1000 / latency["min"]
+        assert result["input_shape"] == [1, 3, 64, 96] and result["dtype"] == "float32"
+        assert result["device"] == "cpu" and result["end_to_end"] is None
+    # both exports have a static batch of 1: batch 2 is skipped with the reason, not an error
+    assert [(entry["artifact"], entry["batch_size"], entry["failed"]) for entry in document["skipped"]] == [
+        (name, 2, False) for name in artifacts
+    ]
+    assert all("exported for batch size 1 (static)" in entry["reason"] for entry in document["skipped"])
+    with Image.open(plot_path) as image:
+        assert image.format == "PNG" and image.width > 600
+    table = capsys.readouterr().out
+    assert f"| {artifacts[0]} | float32 | 1 | 64x96 |" in table
+    assert f"skipped {artifacts[1]}, batch 2: exported for batch size 1 (static)" in table
+
+
+def test_bench_eager_with_images_times_end_to_end(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    generator = np.random.default_rng(0)
+    for index, size in enumerate([(50, 70), (80, 60), (64, 64)]):
+        Image.fromarray(generator.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    json_path = tmp_path / "bench.json"
+    status = main(["bench", "eager", "--config", str(TINY), "--height", "64", "--width", "96", "--device", "cpu",
+                   "--batch-sizes", "1,2", "--iterations", "2", "--warmup", "1", "--images", str(folder),
+                   "--workers", "1", "--json", str(json_path)])
+    assert status == 0
+    results = json.loads(json_path.read_text())["results"]
+    assert [result["batch_size"] for result in results] == [1, 2]
+    for result in results:
+        end_to_end = result["end_to_end"]
+        assert end_to_end["images"] == 3 and end_to_end["workers"] == 1
+        assert end_to_end["images_per_second"] == pytest.approx(1000 / end_to_end["ms_per_image"])
+        assert result["label"] == "eager float32" and result["input_shape"] == [result["batch_size"], 3, 64, 96]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["eager"], "'eager' needs --config"),
+        (["eager:float8", "--config", str(TINY)], "eager dtype must be one of"),
+        (["missing/model_aoti.pt2"], "no model file at missing/model_aoti.pt2"),
+        (["eager", "--config", str(TINY), "--batch-sizes", "1,x"], "--batch-sizes must be comma-separated integers"),
+        (["eager", "--config", str(TINY), "--batch-sizes", "0"], "--batch-sizes must be positive"),
+        (["eager", "--config", str(TINY), "--iterations", "0"], "iterations must be at least 1"),
+        (["eager", "--config", str(TINY), "--json", "no/such/folder/b.json"], "--json: folder no/such/folder"),
+        (["eager", "--config", str(TINY), "--device", "gpu0"], "--device 'gpu0' is not a device name"),
+        (["eager", "--config", "missing.toml"], "--config: no such file missing.toml"),
+    ],
+)
+def test_mistakes_are_reported_without_a_traceback(arguments: list[str], message: str, capsys) -> None:
+    assert main(["bench", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+def test_help_shows_the_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--iterations ITERATIONS" in help_text and "(default: 50)" in help_text
