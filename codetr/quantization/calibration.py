@@ -53,7 +53,9 @@ def calibration_set(source: str | Path, count: int | None = DEFAULT_CALIBRATION_
 
     ``source`` is a COCO-format dataset folder when it has an ``annotations`` subfolder (then
     ``split`` picks the annotation file), else a folder of images. Raises FileNotFoundError
-    (naming the folder) when it does not exist or holds no image, ValueError for ``count`` < 1.
+    (naming the folder) when it does not exist or holds no image, PermissionError when it cannot be
+    listed, ValueError for ``count`` < 1; a COCO dataset's errors come from
+    :class:`codetr.data.coco.CocoDetection`.
     """
     source = Path(source)
     if count is not None and count < 1:
@@ -71,6 +73,8 @@ def calibration_set(source: str | Path, count: int | None = DEFAULT_CALIBRATION_
             paths = list_images(source)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"calibration data: {error}") from None
+        except PermissionError as error:
+            raise PermissionError(f"calibration data: cannot read folder {source}: {error.strerror}") from None
         kind = "folder"
     if not paths:
         raise FileNotFoundError(f"calibration data: {source} holds no images")
