@@ -97,7 +97,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         + f"; with --int8 and a half dtype at least {MIN_HALF_OPSET}; at most {MAX_OPSET})")
     parser.add_argument("--timing-cache", type=Path, default=DEFAULT_TIMING_CACHE,
                         help="TensorRT timing cache, reused and updated (default: %(default)s)")
-    add_int8_arguments(parser, with_switch=True)
+    add_int8_arguments(parser, for_export=True)
     return parser
 
 

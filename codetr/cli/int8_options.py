@@ -30,20 +30,23 @@ def _image_count(text: str) -> int | None:
     return count
 
 
-def add_int8_arguments(parser: argparse.ArgumentParser, with_switch: bool) -> None:
-    """``--calibration-data``, ``--calibration-images``, ``--calibration-split``, ``--int8-exclude``,
-    ``--int8-no-default-exclude`` (and ``--int8`` itself when ``with_switch``)."""
-    if with_switch:
+def add_int8_arguments(parser: argparse.ArgumentParser, for_export: bool) -> None:
+    """``--calibration-data``, ``--calibration-images``, ``--calibration-split``; for an export also
+    ``--int8``, ``--int8-exclude`` and ``--int8-no-default-exclude``."""
+    if for_export:
         parser.add_argument("--int8", action="store_true",
                             help="INT8 post-training quantization with NVIDIA ModelOpt (needs --calibration-data; "
                             "pip install 'codetr[int8]'). Default: off")
     parser.add_argument("--calibration-data", type=str, metavar="DIR",
                         help="INT8 calibration images: a folder of images, or a COCO-format dataset folder "
-                        "(annotations/instances_<split>[2017].json with its image folder)")
+                        "(annotations/instances_<split>[2017].json with its image folder)"
+                        + ("" if for_export else "; default: --data"))
     parser.add_argument("--calibration-images", type=_image_count, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                         help="use the first N calibration images, or 'all' (default: %(default)s)")
     parser.add_argument("--calibration-split", default="train",
                         help="split of a COCO-format --calibration-data (default: %(default)s)")
+    if not for_export:
+        return
     parser.add_argument("--int8-exclude", action="append", default=[], metavar="PATTERN",
                         help="keep the Linear/Conv2d modules whose name (or a parent's) matches this glob in floating "
                         "point, on top of the defaults; repeatable (defaults: " + ", ".join(DEFAULT_EXCLUDE) + ")")
@@ -66,9 +69,11 @@ def calibration_from_args(args: argparse.Namespace, config: Config, enabled: boo
     import_modelopt()
     if args.calibration_data is None:
         raise ValueError("--int8 needs --calibration-data DIR (a folder of images or a COCO-format dataset)")
-    with torch.device("meta"):
-        names = quantizable_modules(build_model(config, seed=0))
-    excluded_names(names, args.int8_exclude, required=args.int8_exclude)
+    patterns = getattr(args, "int8_exclude", [])
+    if patterns:
+        with torch.device("meta"):
+            names = quantizable_modules(build_model(config, seed=0))
+        excluded_names(names, patterns, required=patterns)
     try:
         return calibration_set(args.calibration_data, args.calibration_images, args.calibration_split)
     except FileNotFoundError as error:

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_type, default=default_device(), help="device (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (default: %(default)s)")
-    add_int8_arguments(parser, with_switch=False)
+    add_int8_arguments(parser, for_export=False)
     return parser
 
 
