@@ -88,7 +88,7 @@ def test_default_exclusions_stay_floating_point(quantized) -> None:
                  "query_head.transformer.decoder.layers.1.attentions.1.sampling_offsets",
                  "query_head.transformer.encoder.layers.0.attentions.0.attention_weights"):
         assert name in report.excluded and name not in report.quantized
-        assert type(model.get_submodule(name)) is torch.nn.Linear or type(model.get_submodule(name)) is torch.nn.Conv2d
+        assert type(model.get_submodule(name)) in (torch.nn.Linear, torch.nn.Conv2d)
     # nn.MultiheadAttention calls out_proj functionally: it never runs as a module.
     assert "query_head.transformer.decoder.layers.0.attentions.0.attn.out_proj" in report.not_run
     assert len(report.quantized) == 38
