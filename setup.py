@@ -1,7 +1,9 @@
 """Builds codetr._C and, when TensorRT headers are found, the TensorRT plugin library.
 
 codetr._C holds the MSDA op's CPU kernels always, and its CUDA kernels whenever a CUDA toolkit is
-found and torch is a CUDA build (TORCH_CUDA_ARCH_LIST picks the architectures). The plugin
+found and torch is a CUDA build. TORCH_CUDA_ARCH_LIST picks the architectures; unset, torch builds
+for the visible GPUs, and with no GPU visible codetr picks and prints a documented default list
+(codetr_build/cuda_arch.py). The plugin
 library (codetr/lib/libcodetr_msda_trt.so) needs TensorRT's headers through TensorRT_INCLUDE_DIR
 or TENSORRT_ROOT; without them the build says so and skips it.
 
@@ -18,6 +20,7 @@ from setuptools import setup
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from codetr_build.cuda_arch import arch_list_for_build  # noqa: E402
 from codetr_build.cuda_toolkit import find_cuda_home  # noqa: E402
 from codetr_build.tensorrt_plugin import LIBRARY_NAME, build_tensorrt_plugin  # noqa: E402
 
@@ -47,6 +50,16 @@ def msda_extension():
         reason = "CODETR_WITH_CUDA=0"
     else:
         print(f"codetr: building the MSDA op for CPU and CUDA (CUDA_HOME={cuda_home})")
+        arch_list = arch_list_for_build(os.environ, torch.cuda.device_count(), cuda_home / "bin" / "nvcc")
+        if arch_list is not None:
+            # torch would index the (empty) list of visible GPUs and die with IndexError.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+            print(
+                f"codetr: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building for TORCH_CUDA_ARCH_LIST={arch_list} "
+                "(set TORCH_CUDA_ARCH_LIST, e.g. 9.0, to build faster for one GPU)"
+            )
+        else:
+            print(f"codetr: CUDA architectures: {os.environ.get('TORCH_CUDA_ARCH_LIST') or 'those of the visible GPUs'}")
         sources += [str(MSDA / "cuda" / "msda_cuda.cpp"), str(MSDA / "cuda" / "msda_kernels.cu")]
         nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         return CUDAExtension(

@@ -23,7 +23,7 @@ import torch
 
 from codetr.config import load_config
 from codetr.export import Artifact, DimRange, ExportOptions, MsdaMode, export_model
-from codetr.export.cli import DEFAULT_CONFIG
+from codetr.cli.export import DEFAULT_CONFIG
 from codetr.export.program import example_inputs
 from codetr.models import DTYPES, build_model
 from codetr.ops import set_msda_implementation

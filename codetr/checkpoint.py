@@ -445,7 +445,8 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source:
     expected = model.state_dict()
     derived = {name: buffer for name, buffer in model.named_buffers() if name.endswith(_RELATIVE_POSITION_INDEX)}
 
-    training_only = sorted(key for key in state if key.startswith(TRAINING_ONLY_PREFIXES))
+    # A model built for training (e.g. with the denoising label embedding) keeps what it has.
+    training_only = sorted(key for key in state if key.startswith(TRAINING_ONLY_PREFIXES) and key not in expected)
     usable = {}
     unexpected, mismatched = [], []
     for key, value in state.items():

@@ -144,12 +144,56 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe of the Co-DINO query head (``[train]``; only ``codetr train`` reads it).
+
+    Defaults are the official Co-DINO R50 recipe, mmdetection 3.x
+    ``projects/CO-DETR/configs/codino/co_dino_5scale_r50_lsj_8xb2_1x_coco.py``: AdamW lr 2e-4,
+    weight decay 1e-4, backbone lr x0.1, gradient clipping at L2 norm 0.1, batch 16 (8 GPUs x 2),
+    QualityFocalLoss (beta 2) weight 1, L1 weight 5, GIoU weight 2; Hungarian costs FocalLossCost
+    2, BBoxL1Cost 5 (xywh), IoUCost giou 2; denoising label_noise_scale 0.5, box_noise_scale 1.0,
+    100 dynamic denoising queries; LSJ scale jitter 0.1-2.0 and horizontal flip 0.5; step decay
+    x0.1 at epoch 11 of 12 (``step_milestones`` are fractions of the run). FocalLossCost's alpha
+    0.25 / gamma 2 are mmdet's defaults.
+
+    ``backbone_norm``: ``"frozen"`` keeps the model's frozen BatchNorm (fine-tuning from a
+    pretrained backbone, as the official recipe does); ``"batch_norm"`` trains it as BatchNorm
+    (SyncBatchNorm on several GPUs), for training from scratch. Both save the same four
+    BatchNorm tensors, so inference and export load the checkpoint unchanged.
+    """
+
+    batch_size: int = 16
+    lr: float = 2e-4
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 1e-4
+    clip_grad_max_norm: float = 0.1
+    warmup_iterations: int = 0
+    schedule: Literal["step", "cosine"] = "step"
+    step_milestones: tuple[float, ...] = (11 / 12,)
+    step_gamma: float = 0.1
+    backbone_norm: Literal["frozen", "batch_norm"] = "frozen"
+    classification_loss: Literal["quality_focal", "focal"] = "quality_focal"
+    loss_cls_weight: float = 1.0
+    loss_bbox_weight: float = 5.0
+    loss_iou_weight: float = 2.0
+    match_cls_weight: float = 2.0
+    match_bbox_weight: float = 5.0
+    match_iou_weight: float = 2.0
+    label_noise_scale: float = 0.5
+    box_noise_scale: float = 1.0
+    num_dn_queries: int = 100
+    scale_range: tuple[float, float] = (0.1, 2.0)
+    flip_prob: float = 0.5
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     model: ModelConfig
     preprocess: PreprocessConfig
     test: TestConfig
     class_names: tuple[str, ...]
+    train: TrainConfig = TrainConfig()
     category_ids: tuple[int, ...] = ()
     source: str = ""
 

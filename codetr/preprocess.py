@@ -33,19 +33,31 @@ class Batch:
     original_sizes: torch.Tensor
 
 
-def rescaled_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """mmcv ``rescale_size`` with keep_ratio: the largest (h, w) fitting the (long, short) limits."""
+def rescaled_size(height: int, width: int, scale: tuple[int, int], canvas: tuple[int, int] | None = None) -> tuple[int, int]:
+    """mmcv ``rescale_size`` with keep_ratio: the largest (h, w) fitting the (long, short) limits
+    of ``scale``, and, when a fixed ``canvas`` (h, w) is given, fitting inside it too.
+
+    The limits are orientation-free, so on a non-square canvas (a static export of 768x1152, say)
+    a portrait image would overflow what a landscape one fills: it is shrunk further to fit. With
+    the official configs (scale equal to a square canvas) the canvas never shrinks anything.
+    """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    if canvas is not None:
+        factor = min(factor, canvas[0] / height, canvas[1] / width)
+    resized = int(height * factor + 0.5), int(width * factor + 0.5)
+    if canvas is not None:
+        resized = min(resized[0], canvas[0]), min(resized[1], canvas[1])
+    return max(resized[0], 1), max(resized[1], 1)
 
 
-def resize_keep_ratio(image: torch.Tensor, scale: tuple[int, int]) -> torch.Tensor:
-    """[3, H, W] uint8 or float 0-255 -> [3, h, w] float32 with integer intensities."""
+def resize_keep_ratio(image: torch.Tensor, scale: tuple[int, int], canvas: tuple[int, int] | None = None) -> torch.Tensor:
+    """[3, H, W] uint8 or float 0-255 -> [3, h, w] float32 with integer intensities, (h, w) from
+    :func:`rescaled_size`."""
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
-    height, width = rescaled_size(image.shape[1], image.shape[2], scale)
+    height, width = rescaled_size(image.shape[1], image.shape[2], scale, canvas)
     resized = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", align_corners=False)
     return resized[0].round().clamp(0, 255)
 
@@ -54,13 +66,11 @@ def make_batch(images: Sequence[torch.Tensor], config: PreprocessConfig) -> Batc
     """Resizes and pads a list of [3, H_i, W_i] RGB images (any sizes) into one batch."""
     if not images:
         raise ValueError("make_batch needs at least one image")
-    resized = [resize_keep_ratio(image, config.scale) for image in images]
+    resized = [resize_keep_ratio(image, config.scale, config.pad_size) for image in images]
     heights = [image.shape[1] for image in resized]
     widths = [image.shape[2] for image in resized]
     if config.pad_size is not None:
         canvas_height, canvas_width = config.pad_size
-        if max(heights) > canvas_height or max(widths) > canvas_width:
-            raise ValueError(f"resized image exceeds pad_size {config.pad_size}; check preprocess.scale")
     else:
         divisor = config.size_divisor
         canvas_height = -(-max(heights) // divisor) * divisor

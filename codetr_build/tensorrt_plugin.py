@@ -10,8 +10,8 @@ Environment:
   TENSORRT_ROOT          a TensorRT install or source tree with include/NvInferRuntime.h
   CUDA_HOME / CUDA_PATH  CUDA toolkit (else the one around nvcc, else /usr/local/cuda)
   TORCH_CUDA_ARCH_LIST   GPU architectures, as for the torch op ("8.0;9.0+PTX"); default: the
-                         common desktop/datacenter ones nvcc supports (DEFAULT_ARCHS), PTX for
-                         the newest
+                         common desktop/datacenter ones nvcc supports, PTX for the newest
+                         (codetr_build.cuda_arch)
   CXX                    host compiler (default g++)
 
 Standalone use, from the repository root: python -m codetr_build.tensorrt_plugin BUILD_DIR OUTPUT_PATH
@@ -20,12 +20,12 @@ Standalone use, from the repository root: python -m codetr_build.tensorrt_plugin
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from codetr_build.cuda_arch import default_arch_list, parse_arch_list
 from codetr_build.cuda_toolkit import find_cuda_home, static_cudart_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +39,6 @@ LIBRARY_NAME = "libcodetr_msda_trt.so"
 # Matches the torch op's nvcc flags in setup.py so both builds compile the kernels alike.
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
 CXX_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
-# Turing, Ampere, Ada, Hopper, Blackwell datacenter and desktop; the PTX of the newest covers
-# later GPUs. Jetson/Thor parts are built on request (TORCH_CUDA_ARCH_LIST).
-DEFAULT_ARCHS = ("75", "80", "86", "89", "90", "100", "120")
 
 
 def find_tensorrt_include_dir() -> Path | None:
@@ -59,23 +56,12 @@ def find_tensorrt_include_dir() -> Path | None:
 
 
 def gencode_flags(nvcc: Path) -> list[str]:
-    """nvcc -gencode flags from TORCH_CUDA_ARCH_LIST, else for DEFAULT_ARCHS that nvcc knows."""
-    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
-    if arch_list:
-        entries = [entry for entry in re.split(r"[;\s]+", arch_list) if entry]
-        archs = [entry.removesuffix("+PTX").replace(".", "") for entry in entries]
-        with_ptx = {arch for arch, entry in zip(archs, entries) if entry.endswith("+PTX")}
-    else:
-        listed = subprocess.run(
-            [str(nvcc), "--list-gpu-arch"], check=True, capture_output=True, text=True
-        ).stdout.split()
-        supported = {name.removeprefix("compute_") for name in listed}
-        archs = [arch for arch in DEFAULT_ARCHS if arch in supported]
-        with_ptx = {archs[-1]}
+    """nvcc -gencode flags from TORCH_CUDA_ARCH_LIST, else for codetr_build.cuda_arch's default list."""
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or default_arch_list(nvcc)
     flags = []
-    for arch in archs:
+    for arch, with_ptx in parse_arch_list(arch_list):
         flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-        if arch in with_ptx:
+        if with_ptx:
             flags += ["-gencode", f"arch=compute_{arch},code=compute_{arch}"]
     return flags
 

@@ -300,3 +300,51 @@ def tiny_aoti_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with torch._inductor.config.patch({"cpp.vec_isa_ok": False}):
         export_model(build_model(config, seed=0), config, options, output)
     return output
+
+
+def write_rectangle_dataset(root, splits: dict[str, int], class_names, size=(64, 96), seed: int = 0, max_objects: int = 3):
+    """A tiny COCO-format dataset in the generated layout (``annotations/instances_<split>.json``
+    + ``<split>/``): non-overlapping filled rectangles of one colour per class on a grey noise
+    background.
+    Returns root. Test-only stand-in for ``codetr data synthetic``."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 255, size=(len(class_names), 3))
+    categories = [{"id": index + 1, "name": name} for index, name in enumerate(class_names)]
+    height, width = size
+    annotation_id = 1
+    for split, count in splits.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for image_id in range(1, count + 1):
+            pixels = rng.integers(90, 130, size=(height, width, 3)).astype(np.uint8)
+            placed: list[tuple[int, int, int, int]] = []
+            for _ in range(int(rng.integers(1, max_objects + 1))):
+                w, h = int(rng.integers(width // 6, width // 2)), int(rng.integers(height // 6, height // 2))
+                x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+                if any(x < px + pw and px < x + w and y < py + ph and py < y + h for px, py, pw, ph in placed):
+                    continue  # objects never overlap, so every box is fully visible
+                placed.append((x, y, w, h))
+                label = int(rng.integers(0, len(class_names)))
+                pixels[y : y + h, x : x + w] = colours[label]
+                annotations.append({"id": annotation_id, "image_id": image_id, "category_id": label + 1,
+                                    "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+                annotation_id += 1
+            file_name = f"{image_id:06d}.png"
+            Image.fromarray(pixels).save(root / split / file_name)
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
+    return root
+
+
+@pytest.fixture
+def rectangle_dataset(tmp_path):
+    """Factory fixture: ``rectangle_dataset(splits={"train": 4, "val": 2}, class_names=..., ...)``."""
+    return lambda **options: write_rectangle_dataset(tmp_path / "data", **options)

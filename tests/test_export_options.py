@@ -57,7 +57,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ({"dtype": torch.bfloat16, "opset": 18}, "bfloat16 ONNX needs opset >= 22"),
         ({"artifacts": (Artifact.EXPORTED_PROGRAM, Artifact.TORCH_TENSORRT)}, "torch_tensorrt cannot be requested here"),
         ({"embed_plugin": True, "artifacts": (Artifact.ONNX,)}, "embed_plugin: only an engine"),
-        ({"torch_tensorrt": CompileMode.HYBRID}, "Torch-TensorRT compiles on a CUDA GPU"),
         ({"torch_tensorrt": "hybrid"}, r"torch_tensorrt must be None or a CompileMode \(hybrid, full\)"),
         ({"torch_tensorrt": CompileMode.FULL, "msda": MsdaMode.DECOMPOSED}, "msda 'decomposed' has none"),
     ],
@@ -148,6 +147,10 @@ def test_dim_range_parse() -> None:
         (["--opset", "17"], "opset 17 cannot be honoured"),
         (["--artifacts", "torch_tensorrt"], "--artifacts: unknown torch_tensorrt"),
         (["--height", "32", "--width", "32"], "smallest square input that works is 64x64"),
+        (["--embed-plugin", "--artifacts", "exported_program,onnx"], "embed_plugin: only an engine"),
+        (["--device", "cuda:7"] if torch.cuda.device_count() else ["--device", "cuda"],
+         "argument --device: cuda"),
+        (["--device", "gpu0"], "argument --device: 'gpu0' is not a device"),
     ],
 )
 def test_cli_rejects_bad_arguments(capsys, tmp_path: Path, args: list[str], message: str) -> None:
@@ -220,4 +223,24 @@ def test_cli_rejects_torch_tensorrt_on_cpu(capsys, tmp_path: Path, monkeypatch) 
     status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96",
                              "--torch-tensorrt", "full", "--device", "cpu", "--output", str(tmp_path / "out"))
     assert status == 2
-    assert "torch_tensorrt full: Torch-TensorRT compiles on a CUDA GPU; use device cuda" in stderr
+    assert "--torch-tensorrt full: Torch-TensorRT compiles on a CUDA GPU; use --device cuda" in stderr
+
+
+def test_help_shows_every_default(capsys) -> None:
+    """Every option of ``codetr export --help`` states its default (or that it is required)."""
+    import argparse
+
+    from codetr.cli import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    export = subparsers.choices["export"]
+    undocumented = [
+        action.option_strings[0] for action in export._actions
+        if action.option_strings and action.dest != "help" and not action.required
+        and "default" not in (action.help or "")
+    ]
+    assert undocumented == []
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "many times slower than float32 on a CPU" in " ".join(capsys.readouterr().out.split())

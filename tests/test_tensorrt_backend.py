@@ -108,3 +108,18 @@ def test_rtx_parser_trap_is_a_clear_error_and_the_link_dir_fixes_it(rtx_environm
     accepted = check_parsable_in_subprocess(rtx_environment)
     assert accepted.returncode == 0, accepted.stderr[-2000:]
     assert accepted.stdout.strip() == "parsable"
+
+
+def test_probe_explains_packages_that_raise_plain_exceptions(tmp_path: Path, monkeypatch) -> None:
+    from codetr.tensorrt.backend import RTX_MODULE, import_tensorrt, tensorrt_unavailable_reason
+
+    for name in ("tensorrt", RTX_MODULE):
+        (tmp_path / f"{name}.py").write_text(f"raise Exception('Could not find the libraries of {name}')\n")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reason = tensorrt_unavailable_reason()
+    assert reason.startswith("no TensorRT Python package: pip install tensorrt")
+    assert "tensorrt: Exception: Could not find the libraries of tensorrt" in reason
+    assert f"{RTX_MODULE}: Exception: Could not find the libraries of {RTX_MODULE}" in reason
+    with pytest.raises(ImportError, match="no TensorRT Python package"):
+        import_tensorrt()

@@ -98,3 +98,23 @@ def test_export_reports_and_saves_the_torch_tensorrt_partition(reports):
     # The dry-run compile keeps every segment in PyTorch, so the saved program computes exactly
     # what the plain ExportedProgram does.
     assert report["same_outputs"]
+
+
+def test_probe_explains_a_package_that_raises_a_plain_exception(tmp_path: Path, monkeypatch) -> None:
+    """torch-tensorrt-rtx without TensorRT-RTX on the library path raises a plain Exception at import
+    (not ImportError); the probe must turn it into a reason, not a traceback."""
+    from codetr.tensorrt.torch_tensorrt import torch_tensorrt_unavailable_reason
+
+    package = tmp_path / "torch_tensorrt"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "print('import error when try to import _TensorRTProxyModule')\n"
+        "raise Exception('import error when try to import _TensorRTProxyModule, got error Could not find "
+        "libtensorrt_rtx.so.1\\n  Search paths: [...]')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch_tensorrt", raising=False)
+    reason = torch_tensorrt_unavailable_reason()
+    assert reason.startswith("torch_tensorrt cannot be imported (Exception: import error when try to import "
+                             "_TensorRTProxyModule, got error Could not find libtensorrt_rtx.so.1); install")
+    assert "Search paths" not in reason

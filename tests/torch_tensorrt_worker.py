@@ -93,7 +93,7 @@ def export_hybrid(plugin_library: str) -> dict:
         result = export_model(build_model(config), config, options, Path(output))
         metadata = json.loads(result.metadata.read_text())
         inputs = example_inputs(options)
-        compiled = torch.export.load(result.compiled_program).module()(*inputs)
+        compiled = torch.export.load(result.files[Artifact.TORCH_TENSORRT]).module()(*inputs)
         exported = torch.export.load(result.files[Artifact.EXPORTED_PROGRAM]).module()(*inputs)
         return {"metadata": metadata["torch_tensorrt"], "files": metadata["files"],
                 "stages": [record.name for record in result.stages.records], "text": str(result.partition),

@@ -33,31 +33,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Measure model-only latency (min/median/p90/p99/max), throughput and peak memory of "
         "exported artifacts and the eager model at several batch sizes, and with --images the end-to-end "
         "time per image. Inputs are random images of each artifact's exported size.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "artifacts", nargs="+", metavar="ARTIFACT",
         help=f"an exported file (metadata.json beside it), or '{EAGER}' (--config in --dtype) or "
         f"'{EAGER}:DTYPE' ({', '.join(DTYPES)})",
     )
-    parser.add_argument("--config", type=Path, help="model config TOML, for eager")
+    parser.add_argument("--config", type=Path, help="model config TOML, for eager (default: none)")
     parser.add_argument("--checkpoint", type=Path, help="weights for eager (default: random; they time the same)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of plain 'eager'")
-    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
-    parser.add_argument("--iterations", type=int, default=50, help="timed calls per point")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing each point")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of plain 'eager' (default: %(default)s)")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, e.g. 1,4,8 (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, default=50, help="timed calls per point (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing each point (default: %(default)s)")
     parser.add_argument("--height", type=int, help="input height (default: the exported size, or the config's pad_size)")
     parser.add_argument("--width", type=int, help="input width (default: as --height)")
     parser.add_argument(
         "--cuda-graph", choices=[mode.value for mode in CudaGraphMode], default=CudaGraphMode.OFF.value,
-        help="replay CUDA graphs in runtimes that can (AOTInductor, TensorRT): off, on, or both (each measured twice)",
+        help="replay CUDA graphs in runtimes that can (CUDA AOTInductor packages, TensorRT engines): off, on, or both "
+        "(each measured twice) (default: %(default)s)",
     )
-    parser.add_argument("--images", type=Path, help="a folder of images (or one image) to also time end to end")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding --images")
+    parser.add_argument("--images", type=Path, help="a folder of images (or one image) to also time end to end (default: model-only timing)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding --images (default: %(default)s)")
     parser.add_argument("--device", help="device to run on (default: each artifact's own; eager: cuda if available)")
-    parser.add_argument("--allow-tf32", action="store_true", help="let eager float32 use TF32 on the GPU")
-    parser.add_argument("--json", type=Path, help="write the results as JSON here")
-    parser.add_argument("--plot", type=Path, help="write latency and throughput vs batch size here (.png, .svg, .pdf)")
+    parser.add_argument("--allow-tf32", action="store_true", help="let eager float32 use TF32 on the GPU (default: IEEE float32)")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here (default: not written)")
+    parser.add_argument("--plot", type=Path, help="write latency and throughput vs batch size here (.png, .svg, .pdf; default: not drawn)")
     return parser
 
 

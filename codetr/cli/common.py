@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 
 import torch
 
@@ -44,4 +43,3 @@ def warn_random_weights(seed: int) -> None:
     )
     banner = "!" * len(message)
     logger.warning("\n%s\n%s\n%s", banner, message, banner)
-    warnings.warn(message, stacklevel=2)

@@ -18,7 +18,7 @@ from codetr.checkpoint import load_checkpoint
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
 from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_random_weights
 from codetr.config import Config, load_config
-from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
+from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
 from codetr.export.options import BUILT_ARTIFACTS, DEFAULT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
 from codetr.export.pipeline import export_model
@@ -124,8 +124,6 @@ def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[
         return artifacts, {}
     reason = _engine_unavailable_reason(msda, plugin_library)
     if reason:
-        # Printed where the user sees it: the install hides the plugin build's own message.
-        logger.warning("not building a TensorRT engine: %s", reason)
         return (Artifact.EXPORTED_PROGRAM, Artifact.ONNX), {Artifact.ENGINE: reason}
     return DEFAULT_ARTIFACTS, {}
 
@@ -144,7 +142,7 @@ def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None) -> s
     return None
 
 
-def _torch_tensorrt_mode(text: str | None) -> CompileMode | None:
+def _torch_tensorrt_mode(text: str | None, device: torch.device) -> CompileMode | None:
     """The requested Torch-TensorRT mode; like an explicitly requested engine, it is an error
     (before any work) when it cannot be produced here."""
     if text is None:
@@ -152,6 +150,8 @@ def _torch_tensorrt_mode(text: str | None) -> CompileMode | None:
     reason = torch_tensorrt_unavailable_reason()
     if reason:
         raise ValueError(f"--torch-tensorrt {text}: {reason}")
+    if device.type != "cuda":
+        raise ValueError(f"--torch-tensorrt {text}: Torch-TensorRT compiles on a CUDA GPU; use --device cuda")
     return CompileMode(text)
 
 
@@ -182,7 +182,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             plugin_library=args.plugin_library,
             embed_plugin=args.embed_plugin,
             timing_cache=args.timing_cache,
-            torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt),
+            torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt, args.device),
             skipped=skipped,
         )
     except ValueError as error:
@@ -197,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibration_from_args(args, config, enabled=args.int8)
     if calibration is not None:
         check_opset(options.onnx_opset, options.dtype)
+    for artifact, reason in options.skipped.items():
+        # Said where the user sees it: the install hides the plugin build's own message.
+        logger.warning("not building the %s: %s", ARTIFACTS[artifact].description, reason)
     if Artifact.ENGINE in options.artifacts and options.msda is MsdaMode.PLUGIN:
         argv = None if args.process_argv is None else ["-m", "codetr", *args.process_argv]
         try:

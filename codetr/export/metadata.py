@@ -48,17 +48,23 @@ def export_preprocessing(preprocess: PreprocessConfig, options: ExportOptions) -
     """The config's pre-processing changed so that :func:`codetr.preprocess.make_batch` produces
     inputs this export accepts, for an image of any size and orientation.
 
-    The keep-ratio resize limits are orientation-free (mmdet: long and short edge), so every image
-    fits a canvas of side ``m`` only when both limits are at most ``m`` = the smallest allowed
-    maximum side; the config's own limits are kept where they are smaller. Static: padded to
-    exactly (height, width). Dynamic: padded to the next multiple of the size divisor (the
-    exported multiple), no fixed canvas.
+    Static: the resize limits become the canvas's long and short sides (the config's own limits are
+    kept where they are smaller) and the image pads to exactly (height, width); make_batch shrinks
+    an image that would overflow the canvas (a portrait image on a landscape canvas) to fit.
+    Dynamic: the keep-ratio resize limits are orientation-free (mmdet: long and short edge), so
+    every image fits only when both limits are at most the smallest allowed maximum side; padded to
+    the next multiple of the size divisor (the exported multiple). An image of extreme aspect ratio
+    (e.g. a 1:6 panorama) then pads below a range's minimum and the runtimes' input check refuses
+    it naming the range, since PreprocessConfig cannot pad to at least a size.
     """
+    if not options.is_dynamic:
+        long_side, short_side = max(options.height, options.width), min(options.height, options.width)
+        scale = (min(max(preprocess.scale), long_side), min(min(preprocess.scale), short_side))
+        return dataclasses.replace(preprocess, scale=scale, pad_size=(options.height, options.width))
     heights, widths = options.height_range, options.width_range
     largest = min(heights.max, widths.max)
     scale = (min(max(preprocess.scale), largest), min(min(preprocess.scale), largest))
-    pad_size = None if options.is_dynamic else (options.height, options.width)
-    return dataclasses.replace(preprocess, scale=scale, pad_size=pad_size)
+    return dataclasses.replace(preprocess, scale=scale, pad_size=None)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

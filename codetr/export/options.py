@@ -153,10 +153,6 @@ class ExportOptions:
                 "(hybrid keeps it in PyTorch, full maps it to the plugin); msda 'decomposed' has none, "
                 "use msda 'plugin'"
             )
-        if self.device.type != "cuda":
-            raise ValueError(
-                f"torch_tensorrt {self.torch_tensorrt.value}: Torch-TensorRT compiles on a CUDA GPU; use device cuda"
-            )
 
     @property
     def onnx_opset(self) -> int:

@@ -4,7 +4,8 @@ Torch-TensorRT, metadata.
 An export is one unit. Every stage writes into a temporary folder beside the output folder
 (``.<name>.partial-<pid>``); only when every stage succeeded is that folder swapped in whole for
 the output folder. A failed or interrupted export removes it and leaves the output folder as it
-was (or absent), never a mix of old and new files.
+was (or absent), never a mix of old and new files; what a killed process left beside it is
+removed by the next export into that folder.
 
 The output folder may be missing, empty, or hold a previous codetr export (its ``metadata.json``
 and artifact files only), which is replaced whole. Any other non-empty folder is refused unless
@@ -13,6 +14,7 @@ and artifact files only), which is replaced whole. Any other non-empty folder is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -75,7 +77,7 @@ def is_codetr_export(folder: Path) -> bool:
 
 def check_output_dir(output_dir: Path, overwrite: bool = False) -> Path:
     """Raise a clear OSError unless an export can be swapped in at ``output_dir`` (see the module
-    docstring); creates its parent folder. Returns the absolute path."""
+    docstring). Creates nothing. Returns the absolute path."""
     output_dir = Path(output_dir).absolute()
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output: {output_dir} exists and is not a directory")
@@ -88,12 +90,13 @@ def check_output_dir(output_dir: Path, overwrite: bool = False) -> Path:
             f"output: {output_dir} is not empty and is not a codetr export (holds {listing}); choose a new "
             "or empty folder, or pass --overwrite to replace that folder and everything in it"
         )
-    try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"output: cannot create directory {output_dir}: {error.strerror}") from None
-    if not os.access(output_dir.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"output: cannot create directory {output_dir}: {output_dir.parent} is not writable")
+    existing = next(folder for folder in output_dir.parents if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"output: cannot create directory {output_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if output_dir.exists():  # the new export is built beside it and swapped in
+            raise PermissionError(f"output: cannot replace {output_dir}: its folder {existing} is not writable")
+        raise PermissionError(f"output: cannot create directory {output_dir}: {existing} is not writable")
     return output_dir
 
 
@@ -136,16 +139,22 @@ def export_model(
     if quantization is not None:
         check_opset(options.onnx_opset, options.dtype)
     output_dir = check_output_dir(output_dir, overwrite)
+    created = [folder for folder in output_dir.parents if not folder.exists()]
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(output_dir)
     staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        staging.mkdir()
         if not isinstance(model, torch.nn.Module):
             model = model()
         result = _export_into(staging, model, config, options, checkpoint, quantization)
         _swap_in(staging, output_dir)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first: the folders this export created for nothing
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return _moved(result, output_dir)
 
 
@@ -229,6 +238,26 @@ def _export_into(
     return ExportResult(folder, files, metadata_path, stages, partition)
 
 
+def _remove_stale_siblings(output_dir: Path) -> None:
+    """Remove staging and replaced folders that a killed export (SIGKILL, power loss) left beside
+    ``output_dir``: those whose process no longer runs, and this process's own."""
+    for sibling in output_dir.parent.glob(f".{output_dir.name}.*-*"):
+        kind, _, pid = sibling.name.removeprefix(f".{output_dir.name}.").partition("-")
+        mine_or_dead = pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid)))
+        if kind in ("partial", "replaced") and mine_or_dead:
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def _swap_in(staging: Path, output_dir: Path) -> None:
     """Put the finished ``staging`` folder at ``output_dir``; what was there is removed only
     after the new folder is in place, and restored if the swap fails."""
@@ -236,7 +265,6 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
         os.replace(staging, output_dir)
         return
     replaced = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
-    shutil.rmtree(replaced, ignore_errors=True)
     os.replace(output_dir, replaced)
     try:
         os.replace(staging, output_dir)

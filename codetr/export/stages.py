@@ -56,10 +56,8 @@ class StageLog:
         record.seconds = time.perf_counter() - start
         if record.path is not None:
             record.bytes = record.path.stat().st_size
-            logger.info(
-                "[%s] done in %.1f s -> %s (%.1f MB)",
-                name, record.seconds, record.path, record.bytes / 1e6,
-            )
+            # The name only: the folder is the export's staging folder until every stage is done.
+            logger.info("[%s] done in %.1f s -> %s (%.1f MB)", name, record.seconds, record.path.name, record.bytes / 1e6)
         else:
             logger.info("[%s] done in %.1f s", name, record.seconds)
         self.records.append(record)

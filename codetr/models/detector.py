@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from codetr.config import ModelConfig, PreprocessConfig
-from codetr.models.head import CoDINOHead
+from codetr.models.head import CoDINOHead, TrainOutputs
 from codetr.models.neck import ChannelMapper
 from codetr.models.resnet import ResNetBackbone
 from codetr.models.swin import SwinTransformer
@@ -119,6 +119,27 @@ class CoDINO(nn.Module):
         features = self.neck(self.backbone(normalised))
         logits, boxes = self.query_head(features, image_sizes, (images.shape[2], images.shape[3]))
         return select_detections(logits, boxes, image_sizes, self.max_per_img)
+
+    def forward_train(
+        self,
+        images: torch.Tensor,
+        image_sizes: torch.Tensor,
+        dn_label_query: torch.Tensor | None = None,
+        dn_box_query: torch.Tensor | None = None,
+        self_attn_mask: torch.Tensor | None = None,
+    ) -> TrainOutputs:
+        """The training path: same inputs as :meth:`forward` plus optional denoising queries
+        (see :meth:`CoDINOHead.forward_train`); returns every output the losses need."""
+        features = self.neck(self.backbone(self.normalise(images)))
+        size = (images.shape[2], images.shape[3])
+        return self.query_head.forward_train(features, image_sizes, size, dn_label_query, dn_box_query, self_attn_mask)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """(images - mean) / std in float32, cast to the parameters' dtype (as in :meth:`forward`,
+        which keeps its own copy of these lines so its traced graph stays as it is)."""
+        mean = torch.tensor(self.pixel_mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+        return ((images.float() - mean) / std).to(self.dtype)
 
 
 def check_model_inputs(images: torch.Tensor, image_sizes: torch.Tensor) -> None:

@@ -83,8 +83,11 @@ class MultiheadAttention(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(embed_dims, num_heads, batch_first=True)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return self.attn(query, key, value, need_weights=False)[0]
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """attn_mask: optional [Q, Q] bool, True where a query may not attend (denoising groups)."""
+        return self.attn(query, key, value, attn_mask=attn_mask, need_weights=False)[0]
 
 
 class DecoderLayer(nn.Module):
@@ -95,11 +98,18 @@ class DecoderLayer(nn.Module):
         self.ffns = nn.ModuleList([FFN(config.embed_dims, config.ffn_dims, nn.ReLU)])
 
     def forward(
-        self, query: torch.Tensor, query_pos: torch.Tensor, reference_points: torch.Tensor, memory: torch.Tensor, levels: Levels
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        memory: torch.Tensor,
+        levels: Levels,
+        self_attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """query, query_pos [B, Q, C]; reference_points [B, Q, L, 4] float32; memory [B, S, C]."""
+        """query, query_pos [B, Q, C]; reference_points [B, Q, L, 4] float32; memory [B, S, C];
+        self_attn_mask: optional [Q, Q] bool (training with denoising queries)."""
         with_pos = query + query_pos
-        query = self.norms[0](query + self.attentions[0](with_pos, with_pos, query))
+        query = self.norms[0](query + self.attentions[0](with_pos, with_pos, query, self_attn_mask))
         attended = levels.attend(self.attentions[1], query + query_pos, reference_points, memory)
         query = self.norms[1](query + attended)
         return self.norms[2](self.ffns[0](query, identity=query))
@@ -134,16 +144,61 @@ class Decoder(nn.Module):
         Returns the normalised last-layer state [B, Q, C] and the reference boxes that entered the
         last layer [B, Q, 4] float32 (the head refines them once more, as in mmdet).
         """
-        ratios = torch.cat([levels.valid_ratios, levels.valid_ratios], -1)[:, None]
+        ratios = _box_ratios(levels)
         last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            boxes_per_level = reference_boxes[:, :, None] * ratios
-            query_pos = self.ref_point_head(sine_box_encoding(boxes_per_level[:, :, 0], query.shape[-1] // 2).to(query.dtype))
-            query = layer(query, query_pos, boxes_per_level, memory, levels)
+        for index in range(len(self.layers)):
+            query = self._layer(index, query, reference_boxes, memory, levels, ratios)
             if index < last:
                 delta = reg_branches[index](query).float()
                 reference_boxes = (delta + inverse_sigmoid(reference_boxes)).sigmoid()
         return self.norm(query), reference_boxes
+
+    def forward_train(
+        self,
+        query: torch.Tensor,
+        reference_boxes: torch.Tensor,
+        memory: torch.Tensor,
+        levels: Levels,
+        reg_branches: nn.ModuleList,
+        self_attn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Training path (mmdet ``DinoTransformerDecoder`` with ``return_intermediate``).
+
+        Returns every layer's normalised state [D, B, Q, C] and the reference boxes that entered
+        each layer (D tensors [B, Q, 4] float32, sigmoid space). The next layer starts from the
+        detached refinement, while the loss of layer i+1 sees the refinement with its gradient
+        (DINO's "look forward twice").
+        """
+        ratios = _box_ratios(levels)
+        states, references = [], [reference_boxes]
+        for index in range(len(self.layers)):
+            query = self._layer(index, query, reference_boxes, memory, levels, ratios, self_attn_mask)
+            states.append(self.norm(query))
+            if index < len(self.layers) - 1:
+                refined = (reg_branches[index](query).float() + inverse_sigmoid(reference_boxes)).sigmoid()
+                references.append(refined)
+                reference_boxes = refined.detach()
+        return torch.stack(states), references
+
+    def _layer(
+        self,
+        index: int,
+        query: torch.Tensor,
+        reference_boxes: torch.Tensor,
+        memory: torch.Tensor,
+        levels: Levels,
+        ratios: torch.Tensor,
+        self_attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decoder layer ``index`` with its positional query from the reference boxes."""
+        boxes_per_level = reference_boxes[:, :, None] * ratios
+        query_pos = self.ref_point_head(sine_box_encoding(boxes_per_level[:, :, 0], query.shape[-1] // 2).to(query.dtype))
+        return self.layers[index](query, query_pos, boxes_per_level, memory, levels, self_attn_mask)
+
+
+def _box_ratios(levels: Levels) -> torch.Tensor:
+    """[B, 1, L, 4] valid fractions (w, h, w, h) that map image-relative boxes onto each level."""
+    return torch.cat([levels.valid_ratios, levels.valid_ratios], -1)[:, None]
 
 
 def encoder_reference_points(levels: Levels) -> torch.Tensor:
@@ -188,6 +243,51 @@ class CoDinoTransformer(nn.Module):
         Returns (decoder state [B, Q, C], boxes entering the last layer [B, Q, 4] float32,
         encoder memory [B, S, C], levels).
         """
+        memory, levels = self.encode(features, masks, positions)
+        _, proposal_boxes, top = self.score_proposals(memory, levels, cls_branches, reg_branches)
+        reference_boxes = _gather_queries(proposal_boxes, top).sigmoid()
+        query = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)
+        state, last_boxes = self.decoder(query, reference_boxes, memory, levels, reg_branches)
+        return state, last_boxes, memory, levels
+
+    def forward_train(
+        self,
+        features: list[torch.Tensor],
+        masks: list[torch.Tensor],
+        positions: list[torch.Tensor],
+        cls_branches: nn.ModuleList,
+        reg_branches: nn.ModuleList,
+        dn_label_query: torch.Tensor | None = None,
+        dn_box_query: torch.Tensor | None = None,
+        self_attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Training path: as ``forward`` plus what the losses need (mmdet ``DINO.pre_decoder``).
+
+        dn_label_query [B, N_dn, C] and dn_box_query [B, N_dn, 4] (inverse-sigmoid space) are the
+        denoising queries put before the Q matching queries; self_attn_mask [N_dn+Q, N_dn+Q] bool
+        keeps the groups apart. Returns (decoder states [D, B, N_dn+Q, C], the D reference boxes
+        entering each layer [B, N_dn+Q, 4], the selected proposals' logits [B, Q, num_classes]
+        and boxes [B, Q, 4] float32 sigmoid (cx, cy, w, h), for the encoder loss).
+        """
+        memory, levels = self.encode(features, masks, positions)
+        class_logits, proposal_boxes, top = self.score_proposals(memory, levels, cls_branches, reg_branches)
+        proposal_logits = _gather_queries(class_logits, top)
+        proposal_boxes = _gather_queries(proposal_boxes, top)
+        query = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)
+        # Like DINO, the decoder starts from the proposals without gradient into the encoder.
+        reference_boxes = proposal_boxes.detach()
+        if dn_label_query is not None:
+            query = torch.cat([dn_label_query.to(query.dtype), query], 1)
+            reference_boxes = torch.cat([dn_box_query.to(reference_boxes.dtype), reference_boxes], 1)
+        states, references = self.decoder.forward_train(
+            query, reference_boxes.sigmoid(), memory, levels, reg_branches, self_attn_mask
+        )
+        return states, references, proposal_logits, proposal_boxes.sigmoid()
+
+    def encode(
+        self, features: list[torch.Tensor], masks: list[torch.Tensor], positions: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, Levels]:
+        """Flattens the levels and runs the encoder: memory [B, S, C] and the level geometry."""
         levels = flatten_levels(features, masks)
         tokens = torch.cat([feature.flatten(2).transpose(1, 2) for feature in features], 1)
         query_pos = torch.cat(
@@ -197,19 +297,23 @@ class CoDinoTransformer(nn.Module):
             ],
             1,
         )
-        memory = self.encoder(tokens, query_pos, levels)
+        return self.encoder(tokens, query_pos, levels), levels
 
+    def score_proposals(
+        self, memory: torch.Tensor, levels: Levels, cls_branches: nn.ModuleList, reg_branches: nn.ModuleList
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Two-stage query selection: scores every encoder token's proposal.
+
+        Returns class logits [B, S, num_classes] and boxes [B, S, 4] in inverse-sigmoid space,
+        both at least float32, and the indices [B, Q] of the ``num_queries`` best tokens.
+        """
         proposal_memory, proposals = self.encoder_proposals(memory, levels)
         num_decoder_layers = len(self.decoder.layers)
         proposal_dtype = torch.promote_types(proposal_memory.dtype, torch.float32)  # float64 stays float64
         class_logits = cls_branches[num_decoder_layers](proposal_memory).to(proposal_dtype)
         proposal_boxes = reg_branches[num_decoder_layers](proposal_memory).to(proposal_dtype) + proposals
         top = torch.topk(class_logits.max(-1)[0], self.num_queries, dim=1)[1]
-        reference_boxes = torch.gather(proposal_boxes, 1, top[..., None].expand(-1, -1, 4)).sigmoid()
-
-        query = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)
-        state, last_boxes = self.decoder(query, reference_boxes, memory, levels, reg_branches)
-        return state, last_boxes, memory, levels
+        return class_logits, proposal_boxes, top
 
     def encoder_proposals(self, memory: torch.Tensor, levels: Levels) -> tuple[torch.Tensor, torch.Tensor]:
         """One box per encoder token: centre = the pixel, size 0.05 * 2^level (normalised).
@@ -242,6 +346,11 @@ class CoDinoTransformer(nn.Module):
         proposals = proposals.masked_fill(invalid, float("inf"))
         memory = memory.masked_fill(invalid, 0.0)
         return self.enc_output_norm(self.enc_output(memory)), proposals
+
+
+def _gather_queries(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """values [B, S, K], indices [B, Q] -> [B, Q, K]."""
+    return torch.gather(values, 1, indices[..., None].expand(-1, -1, values.shape[-1]))
 
 
 def flatten_levels(features: list[torch.Tensor], masks: list[torch.Tensor]) -> Levels:

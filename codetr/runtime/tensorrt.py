@@ -26,7 +26,7 @@ from codetr.models import Detections
 from codetr.contract.metadata import ExportMetadata
 from codetr.runtime.base import Runtime, check_inputs, resolve_device
 from codetr.tensorrt.backend import import_tensorrt
-from codetr.tensorrt.plugin import PACKAGE_LIBRARY, register_plugin_library
+from codetr.tensorrt.plugin import PACKAGE_LIBRARY, register_available_plugin
 
 
 def torch_dtype(trt: ModuleType, trt_type) -> torch.dtype:
@@ -137,9 +137,8 @@ class TensorRTRuntime(Runtime):
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
 
-        plugin_version = None
-        if plugin_library is not None or PACKAGE_LIBRARY.is_file():
-            plugin_version = register_plugin_library(trt, plugin_library).version
+        plugin = register_available_plugin(trt, plugin_library)
+        plugin_version = plugin.version if plugin else None
         if metadata is not None:
             check_engine_metadata(metadata.document, trt.__name__, trt.__version__, plugin_version)
 

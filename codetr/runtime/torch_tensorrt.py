@@ -18,7 +18,7 @@ from codetr.models import Detections
 from codetr.models.precision import tf32
 from codetr.runtime.base import Runtime, check_inputs, resolve_device
 from codetr.tensorrt.backend import import_tensorrt
-from codetr.tensorrt.plugin import PACKAGE_LIBRARY, register_plugin_library
+from codetr.tensorrt.plugin import register_available_plugin
 
 
 class TorchTensorRTRuntime(Runtime):
@@ -49,8 +49,7 @@ class TorchTensorRTRuntime(Runtime):
             import torch_tensorrt
         except ImportError as error:
             raise ImportError(f"running {path} needs torch-tensorrt (pip install torch-tensorrt): {error}") from None
-        if plugin_library is not None or PACKAGE_LIBRARY.is_file():
-            register_plugin_library(import_tensorrt(), plugin_library)
+        register_available_plugin(import_tensorrt(), plugin_library)
         self.metadata = metadata
         self.allow_tf32 = bool(metadata and metadata.allow_tf32)
         with torch.cuda.device(self.device):

@@ -118,3 +118,12 @@ def register_plugin_library(trt: ModuleType, path: Path | str | None = None) -> 
         )
     _registered[key] = info
     return info
+
+
+def register_available_plugin(trt: ModuleType, path: Path | str | None = None) -> PluginLibraryInfo | None:
+    """Register ``path`` (errors as :func:`register_plugin_library` when it is given), else the
+    package's copy when it was built; None when there is none (engines without our plugin still
+    load). Every loader of engines or compiled programs registers the plugin this one way."""
+    if path is None and not PACKAGE_LIBRARY.is_file():
+        return None
+    return register_plugin_library(trt, path)

@@ -11,20 +11,32 @@
 
 namespace codetr {
 
-std::pair<int64_t, int64_t> rescaled_size(int64_t height, int64_t width, std::pair<int64_t, int64_t> scale) {
+std::pair<int64_t, int64_t> rescaled_size(int64_t height, int64_t width, std::pair<int64_t, int64_t> scale,
+                                          std::optional<std::pair<int64_t, int64_t>> canvas) {
   if (height < 1 || width < 1) {
     throw std::runtime_error("image size must be positive, got " + std::to_string(height) + "x" + std::to_string(width));
   }
   const double long_limit = static_cast<double>(std::max(scale.first, scale.second));
   const double short_limit = static_cast<double>(std::min(scale.first, scale.second));
-  const double factor = std::min(long_limit / static_cast<double>(std::max(height, width)),
-                                 short_limit / static_cast<double>(std::min(height, width)));
-  return {static_cast<int64_t>(static_cast<double>(height) * factor + 0.5),
-          static_cast<int64_t>(static_cast<double>(width) * factor + 0.5)};
+  double factor = std::min(long_limit / static_cast<double>(std::max(height, width)),
+                           short_limit / static_cast<double>(std::min(height, width)));
+  // As codetr.preprocess.rescaled_size: an image that would overflow a fixed canvas shrinks to fit.
+  if (canvas) {
+    factor = std::min({factor, static_cast<double>(canvas->first) / static_cast<double>(height),
+                       static_cast<double>(canvas->second) / static_cast<double>(width)});
+  }
+  int64_t resized_height = static_cast<int64_t>(static_cast<double>(height) * factor + 0.5);
+  int64_t resized_width = static_cast<int64_t>(static_cast<double>(width) * factor + 0.5);
+  if (canvas) {
+    resized_height = std::min(resized_height, canvas->first);
+    resized_width = std::min(resized_width, canvas->second);
+  }
+  return {std::max<int64_t>(resized_height, 1), std::max<int64_t>(resized_width, 1)};
 }
 
-at::Tensor resize_keep_ratio(const at::Tensor& image, std::pair<int64_t, int64_t> scale) {
-  const auto [height, width] = rescaled_size(image.size(1), image.size(2), scale);
+at::Tensor resize_keep_ratio(const at::Tensor& image, std::pair<int64_t, int64_t> scale,
+                             std::optional<std::pair<int64_t, int64_t>> canvas) {
+  const auto [height, width] = rescaled_size(image.size(1), image.size(2), scale, canvas);
   // F.interpolate(size=..., mode="bilinear", align_corners=False) without scale factors.
   const auto resized = at::upsample_bilinear2d(image.unsqueeze(0).to(at::kFloat), {height, width},
                                                /*align_corners=*/false, std::nullopt, std::nullopt);
@@ -55,7 +67,7 @@ Batch make_batch(const std::vector<at::Tensor>& images, const ExportMetadata& me
   int64_t max_height = 0;
   int64_t max_width = 0;
   for (const auto& image : images) {
-    resized.push_back(resize_keep_ratio(image, config.scale));
+    resized.push_back(resize_keep_ratio(image, config.scale, config.pad_size));
     sizes.push_back(resized.back().size(1));
     sizes.push_back(resized.back().size(2));
     original.push_back(image.size(1));
@@ -67,9 +79,6 @@ Batch make_batch(const std::vector<at::Tensor>& images, const ExportMetadata& me
   int64_t canvas_width = 0;
   if (config.pad_size) {
     std::tie(canvas_height, canvas_width) = *config.pad_size;
-    if (max_height > canvas_height || max_width > canvas_width) {
-      throw std::runtime_error("resized image exceeds preprocessing.pad_size; check preprocessing.scale");
-    }
   } else {
     const int64_t divisor = config.size_divisor;
     canvas_height = (max_height + divisor - 1) / divisor * divisor;

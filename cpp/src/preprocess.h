@@ -2,6 +2,7 @@
 // module for the sources of each rule), plus the fitting of the canvas to the export's input.
 #pragma once
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -23,11 +24,13 @@ struct Batch {
 
 // mmcv rescale_size with keep_ratio: the largest (h, w) fitting the (long, short) limits, each
 // side rounded as int(x * s + 0.5).
-std::pair<int64_t, int64_t> rescaled_size(int64_t height, int64_t width, std::pair<int64_t, int64_t> scale);
+std::pair<int64_t, int64_t> rescaled_size(int64_t height, int64_t width, std::pair<int64_t, int64_t> scale,
+                                          std::optional<std::pair<int64_t, int64_t>> canvas = std::nullopt);
 
 // [3, H, W] uint8 -> [3, h, w] float32 with integer intensities: bilinear, align_corners=False,
 // no antialias, rounded and clamped to 0-255.
-at::Tensor resize_keep_ratio(const at::Tensor& image, std::pair<int64_t, int64_t> scale);
+at::Tensor resize_keep_ratio(const at::Tensor& image, std::pair<int64_t, int64_t> scale,
+                             std::optional<std::pair<int64_t, int64_t>> canvas = std::nullopt);
 
 // Resizes and pads `images` (uint8 [3, H_i, W_i]) into one batch: to preprocess.pad_size, else to
 // the largest image rounded up to size_divisor; then a side smaller than the export's minimum

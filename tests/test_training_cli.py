@@ -1,0 +1,45 @@
+"""``codetr train`` end to end on the tiny config and generated data (CPU), and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codetr.cli import main
+from codetr.config import load_config
+
+TINY = "configs/tiny.toml"
+
+
+def test_train_end_to_end(tmp_path, rectangle_dataset, capsys):
+    data = rectangle_dataset(splits={"train": 4, "val": 2}, class_names=load_config(TINY).class_names)
+    output = tmp_path / "out"
+    arguments = ["train", "--config", TINY, "--data", str(data), "--output", str(output), "--iterations", "2",
+                 "--batch-size", "2", "--eval-every", "2", "--save-every", "1", "--log-every", "1", "--workers", "0"]
+    assert main(arguments) == 0
+    assert {"latest.pth", "iter_1.pth", "iter_2.pth", "train_log.jsonl", "metrics.json", "loss.png"} <= {p.name for p in output.iterdir()}
+    records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["iteration"] for r in steps] == [1, 2]
+    for key in ("loss", "lr", "images_per_second", "max_memory_gib", "loss_cls", "loss_bbox", "loss_iou",
+                "enc_loss_cls", "d0.loss_cls", "dn_loss_cls", "d0.dn_loss_iou"):
+        assert key in steps[0], key
+    assert steps[0]["loss"] == pytest.approx(sum(v for k, v in steps[0].items() if "loss_" in k), rel=1e-5)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert 0.0 <= metrics["bbox"]["AP"] <= 1.0 and metrics["iteration"] == 2
+    assert "val AP" in capsys.readouterr().out
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_errors_name_the_argument(tmp_path, rectangle_dataset, capsys):
+    data = rectangle_dataset(splits={"train": 2}, class_names=load_config(TINY).class_names)
+    base = ["train", "--config", TINY, "--output", str(tmp_path / "out"), "--workers", "0", "--batch-size", "2"]
+    assert main([*base, "--data", str(tmp_path / "nowhere")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main([*base, "--data", str(data), "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*base, "--data", str(data), "--batch-size", "3"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert main([*base, "--data", str(data), "--iterations", "0"]) == 2
+    assert "--iterations" in capsys.readouterr().err
