@@ -36,11 +36,11 @@ def add_int8_arguments(parser: argparse.ArgumentParser, for_export: bool) -> Non
     if for_export:
         parser.add_argument("--int8", action="store_true",
                             help="INT8 post-training quantization with NVIDIA ModelOpt (needs --calibration-data; "
-                            "pip install 'codetr[int8]'). Default: off")
+                            "pip install 'codetr[int8]'; default: off)")
     parser.add_argument("--calibration-data", type=str, metavar="DIR",
                         help="INT8 calibration images: a folder of images, or a COCO-format dataset folder "
                         "(annotations/instances_<split>[2017].json with its image folder)"
-                        + ("" if for_export else "; default: --data"))
+                        + ("; default: none" if for_export else "; default: --data"))
     parser.add_argument("--calibration-images", type=_image_count, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                         help="use the first N calibration images, or 'all' (default: %(default)s)")
     parser.add_argument("--calibration-split", default="train",
