@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from codetr.checkpoint import load_checkpoint
+from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
 from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_random_weights
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
@@ -23,6 +24,8 @@ from codetr.export.options import BUILT_ARTIFACTS, DEFAULT_ARTIFACTS, MAX_OPSET,
 from codetr.export.pipeline import export_model
 from codetr.export.stages import ExportError
 from codetr.models import DTYPES, build_model
+from codetr.quantization.int8 import quantize_int8
+from codetr.quantization.onnx_qdq import MIN_HALF_OPSET, check_opset
 from codetr.tensorrt.backend import import_tensorrt, is_tensorrt_rtx, restart_for_rtx_parser, tensorrt_unavailable_reason
 from codetr.tensorrt.plugin import plugin_library_path
 from codetr.tensorrt.torch_tensorrt import torch_tensorrt_unavailable_reason
@@ -91,9 +94,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="ONNX opset (default: the lowest the dtype allows: "
                         + ", ".join(f"{str(dtype).removeprefix('torch.')} {opset}"
                                     for dtype, opset in MIN_OPSET_FOR_DTYPE.items())
-                        + f"; at most {MAX_OPSET})")
+                        + f"; with --int8 and a half dtype at least {MIN_HALF_OPSET}; at most {MAX_OPSET})")
     parser.add_argument("--timing-cache", type=Path, default=DEFAULT_TIMING_CACHE,
                         help="TensorRT timing cache, reused and updated (default: %(default)s)")
+    add_int8_arguments(parser, for_export=True)
     return parser
 
 
@@ -151,6 +155,13 @@ def _torch_tensorrt_mode(text: str | None, device: torch.device) -> CompileMode 
     return CompileMode(text)
 
 
+def _opset(args: argparse.Namespace) -> int | None:
+    """--opset, or for --int8 in a half dtype the first opset whose Q/DQ take it (None: the default)."""
+    if args.opset is None and args.int8 and DTYPES[args.dtype] != torch.float32:
+        return max(MIN_HALF_OPSET, MIN_OPSET_FOR_DTYPE[DTYPES[args.dtype]])
+    return args.opset
+
+
 def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions:
     msda = MsdaMode(args.msda)
     artifacts, skipped = _artifacts(args.artifacts, msda, args.plugin_library)
@@ -166,7 +177,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             msda=msda,
             optimization_level=args.optimization_level,
             device=args.device,
-            opset=args.opset,
+            opset=_opset(args),
             allow_tf32=args.allow_tf32,
             plugin_library=args.plugin_library,
             embed_plugin=args.embed_plugin,
@@ -183,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
     config = load_config(args.config)
     options = options_from_args(args, config)
+    calibration = calibration_from_args(args, config, enabled=args.int8)
+    if calibration is not None:
+        check_opset(options.onnx_opset, options.dtype)
     for artifact, reason in options.skipped.items():
         # Said where the user sees it: the install hides the plugin build's own message.
         logger.warning("not building the %s: %s", ARTIFACTS[artifact].description, reason)
@@ -201,8 +215,15 @@ def run(args: argparse.Namespace) -> int:
             load_checkpoint(built, args.checkpoint)
         return built
 
+    quantization = None
+    if calibration is not None:
+        quantized = quantize_int8(model(), calibration, config.preprocess, exclude=args.int8_exclude,
+                                  default_exclude=not args.int8_no_default_exclude, device=options.device,
+                                  progress=True)
+        model, quantization = quantized.model, quantized.report
     try:
-        result = export_model(model, config, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite)
+        result = export_model(model, config, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
+                              quantization=quantization)
     except ExportError as error:
         print(f"error: {error}; {_left_as_it_was(args.output)}", file=sys.stderr)
         return 1
@@ -210,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted: {_left_as_it_was(args.output)}", file=sys.stderr)
         return 130
     total = sum(record.seconds for record in result.stages.records)
-    print(f"exported {config.name} ({args.dtype}, msda {options.msda.value}) to {result.output_dir} in {total:.1f} s:")
+    precision = f"{args.dtype} + int8" if args.int8 else args.dtype
+    print(f"exported {config.name} ({precision}, msda {options.msda.value}) to {result.output_dir} in {total:.1f} s:")
     for record in result.stages.records:
         written = f"  {record.path.name} {record.bytes / 1e6:.1f} MB" if record.path else ""
         print(f"  {record.name:<24} {record.seconds:7.1f} s{written}")

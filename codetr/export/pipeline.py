@@ -37,12 +37,15 @@ from codetr.export.program import check_input_sizes, export_program, prepare_mod
 from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
 from codetr.export.torch_tensorrt_program import compile_and_save
+from codetr.quantization.engine_check import check_int8_engine
+from codetr.quantization.int8 import AMAX_FILE_NAME, QuantizationReport, write_amax
+from codetr.quantization.onnx_qdq import check_opset
 from codetr.tensorrt.plugin import read_plugin_library_info
 from codetr.tensorrt.torch_tensorrt import Partition
 
 logger = logging.getLogger("codetr.export")
 
-EXPORT_FILE_NAMES = frozenset({METADATA_NAME, *(spec.file_name for spec in ARTIFACTS.values())})
+EXPORT_FILE_NAMES = frozenset({METADATA_NAME, AMAX_FILE_NAME, *(spec.file_name for spec in ARTIFACTS.values())})
 PLUGIN_VERSION_KEY = "codetr_msda_plugin"
 """``versions`` key of the MSDA plugin library's version, checked by the TensorRT runtime."""
 
@@ -119,6 +122,7 @@ def export_model(
     *,
     checkpoint: Path | None = None,
     overwrite: bool = False,
+    quantization: QuantizationReport | None = None,
 ) -> ExportResult:
     """Export ``model`` (built from ``config``, weights loaded) into ``output_dir`` as one unit.
 
@@ -127,9 +131,13 @@ def export_model(
     in ``options``, the Torch-TensorRT program if asked, and ``metadata.json``. Raises ValueError
     / OSError for sizes or an output folder that cannot work (before any work) and
     :class:`~codetr.export.stages.ExportError` naming the stage that failed; in both cases, and
-    on KeyboardInterrupt, ``output_dir`` is left as it was.
+    on KeyboardInterrupt, ``output_dir`` is left as it was. ``quantization``: the report of
+    :func:`codetr.quantization.quantize_int8` when ``model`` is its INT8 Q/DQ model; recorded in
+    metadata.json (``quantization``), its amax statistics in int8_amax.json.
     """
     check_input_sizes(config, options)
+    if quantization is not None:
+        check_opset(options.onnx_opset, options.dtype)
     output_dir = check_output_dir(output_dir, overwrite)
     created = [folder for folder in output_dir.parents if not folder.exists()]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +147,7 @@ def export_model(
         staging.mkdir()
         if not isinstance(model, torch.nn.Module):
             model = model()
-        result = _export_into(staging, model, config, options, checkpoint)
+        result = _export_into(staging, model, config, options, checkpoint, quantization)
         _swap_in(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -151,7 +159,8 @@ def export_model(
 
 
 def _export_into(
-    folder: Path, model: torch.nn.Module, config: Config, options: ExportOptions, checkpoint: Path | None
+    folder: Path, model: torch.nn.Module, config: Config, options: ExportOptions, checkpoint: Path | None,
+    quantization: QuantizationReport | None,
 ) -> ExportResult:
     stages = StageLog()
     files: dict[Artifact, Path] = {}
@@ -177,6 +186,7 @@ def _export_into(
             save_onnx(onnx_model, record.path)
             del onnx_model
 
+    engine_check = None  # the INT8 engine's layer check (codetr.quantization.engine_check)
     if Artifact.ENGINE in options.artifacts:
         with stages.stage("tensorrt engine") as record:
             build = build_engine(
@@ -193,6 +203,8 @@ def _export_into(
             versions[build.backend] = build.version
             if build.plugin is not None:
                 versions[PLUGIN_VERSION_KEY] = build.plugin.version
+            if quantization is not None:
+                engine_check = check_int8_engine(files[Artifact.ONNX], build.log)
 
     if Artifact.AOTI in options.artifacts:
         with stages.stage("aoti package") as record:
@@ -208,6 +220,11 @@ def _export_into(
             if options.torch_tensorrt is CompileMode.FULL:
                 versions[PLUGIN_VERSION_KEY] = read_plugin_library_info(options.plugin_library).version
 
+    if quantization is not None:
+        with stages.stage("int8 amax") as record:
+            record.path = folder / AMAX_FILE_NAME
+            write_amax(quantization, record.path)
+
     metadata_path = folder / METADATA_NAME
     with stages.stage("metadata") as record:
         record.path = metadata_path
@@ -215,6 +232,8 @@ def _export_into(
             config, options, program, files=files, stages=stages.to_json(), checkpoint=checkpoint,
             versions=versions, partition=partition,
         )
+        if quantization is not None:
+            document["quantization"] = {**quantization.to_json(), "engine": engine_check}
         write_metadata(document, metadata_path)
     return ExportResult(folder, files, metadata_path, stages, partition)
 

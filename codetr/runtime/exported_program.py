@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.ao.quantization.fx._decomposed  # noqa: F401  registers the Q/DQ ops that INT8 programs call
 from torch.export import ExportedProgram
 from torch.export.passes import move_to_device_pass
 

@@ -20,15 +20,20 @@ from types import ModuleType
 # TensorRT reports plugin layers as "PluginV3" (or "PluginV2"); TensorRT-RTX as "custom_layer".
 PLUGIN_LAYER_TYPES = frozenset({"PluginV3", "PluginV2", "custom_layer"})
 _LOG_LAYER = re.compile(r"^Name: (?P<name>[^,]*), LayerType: (?P<type>[^,]*),.*?Metadata: (?P<meta>.*)$")
+_LOG_INPUTS = re.compile(r"Inputs: \[(?P<inputs>.*?)\], (?:Constants|Outputs): ")
+_DATATYPE = re.compile(r"Datatype: (\w+)")
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineLayer:
-    """One layer of a built engine. ``metadata`` carries e.g. "[ONNX Layer: msda0]"."""
+    """One layer of a built engine. ``metadata`` carries e.g. "[ONNX Layer: msda0]";
+    ``input_dtypes``: TensorRT's names of its input tensors' types (e.g. "Float", "Half", "Int8"),
+    empty when the source does not give them."""
 
     name: str
     layer_type: str
     metadata: str
+    input_dtypes: tuple[str, ...] = ()
 
     @property
     def is_plugin(self) -> bool:
@@ -75,7 +80,8 @@ def engine_layers(trt: ModuleType, engine) -> list[EngineLayer]:
             "names only and no layer types"
         )
     return [
-        EngineLayer(layer["Name"], layer["LayerType"], str(layer.get("Metadata", "")))
+        EngineLayer(layer["Name"], layer["LayerType"], str(layer.get("Metadata", "")),
+                    tuple(str(tensor.get("Format/Datatype", "")) for tensor in layer.get("Inputs", [])))
         for layer in layers
     ]
 
@@ -87,7 +93,9 @@ def layers_from_build_log(messages: Iterable[str]) -> list[EngineLayer]:
         for line in message.splitlines():
             match = _LOG_LAYER.match(line)
             if match:
-                layers.append(EngineLayer(match["name"], match["type"], match["meta"]))
+                inputs = _LOG_INPUTS.search(line)
+                dtypes = tuple(_DATATYPE.findall(inputs["inputs"])) if inputs else ()
+                layers.append(EngineLayer(match["name"], match["type"], match["meta"], dtypes))
     return layers
 
 
