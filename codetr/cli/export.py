@@ -17,6 +17,7 @@ from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
+from codetr.contract.postprocess import PostprocessMode
 from codetr.export.options import BUILT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
 from codetr.export.pipeline import export_model
 from codetr.export.stages import ExportError
@@ -75,6 +76,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="also compile the ExportedProgram with Torch-TensorRT (needs torch-tensorrt and "
                         "a CUDA GPU): hybrid keeps MSDA in PyTorch between TensorRT segments; full maps it to "
                         "our plugin (one engine) (default: off)")
+    parser.add_argument("--postprocess", choices=[mode.value for mode in PostprocessMode], default="none",
+                        help="post-processing inside the graph: threshold keeps scores above --score-threshold, nms "
+                        "also runs hard class-wise NMS at the config's IoU threshold (the in-engine stand-in for "
+                        "soft-NMS); both give a data-dependent number of detections and need --batch-size 1 "
+                        "(default: %(default)s, the host post-processes)")
+    parser.add_argument("--score-threshold", type=float,
+                        help="score threshold of --postprocess threshold/nms (default: the config's test score_threshold)")
     parser.add_argument("--plugin-library", type=Path,
                         help="libcodetr_msda_trt.so for the engine build (default: the package's copy)")
     parser.add_argument("--embed-plugin", action="store_true",
@@ -102,7 +110,9 @@ def _default_size(config: Config, given: int | None, axis: int, name: str) -> in
     return config.preprocess.pad_size[axis]
 
 
-def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[tuple[Artifact, ...], dict[Artifact, str]]:
+def _artifacts(
+    text: str, msda: MsdaMode, plugin_library: Path | None, postprocess: PostprocessMode
+) -> tuple[tuple[Artifact, ...], dict[Artifact, str]]:
     """The artifacts to build and, for ``auto``, the ones skipped with the reason."""
     if text != AUTO_ARTIFACTS:
         names = [name.strip() for name in text.split(",") if name.strip()]
@@ -115,7 +125,7 @@ def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[
         if reason:
             raise ValueError(f"--artifacts engine: {reason}")
         return artifacts, {}
-    reason = _engine_unavailable_reason(msda, plugin_library)
+    reason = _engine_unavailable_reason(msda, plugin_library, postprocess)
     if reason:
         # Printed where the user sees it: the install hides the plugin build's own message.
         logger.warning("not building a TensorRT engine: %s", reason)
@@ -123,10 +133,12 @@ def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[
     return BUILT_ARTIFACTS, {}
 
 
-def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None) -> str | None:
+def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None, postprocess: PostprocessMode) -> str | None:
     reason = tensorrt_unavailable_reason()
     if reason:
         return reason
+    if postprocess.is_data_dependent and is_tensorrt_rtx(import_tensorrt()):
+        return f"TensorRT-RTX cannot build the data-dependent layers of --postprocess {postprocess.value}"
     if msda is MsdaMode.NVIDIA and is_tensorrt_rtx(import_tensorrt()):
         return "TensorRT-RTX does not ship MultiscaleDeformableAttnPlugin_TRT"
     if msda is MsdaMode.PLUGIN:
@@ -150,7 +162,7 @@ def _torch_tensorrt_mode(text: str | None) -> CompileMode | None:
 
 def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions:
     msda = MsdaMode(args.msda)
-    artifacts, skipped = _artifacts(args.artifacts, msda, args.plugin_library)
+    artifacts, skipped = _artifacts(args.artifacts, msda, args.plugin_library, PostprocessMode(args.postprocess))
     try:
         return ExportOptions(
             dtype=DTYPES[args.dtype],
@@ -170,6 +182,8 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             timing_cache=args.timing_cache,
             torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt),
             skipped=skipped,
+            postprocess=PostprocessMode(args.postprocess),
+            score_threshold=config.test.score_threshold if args.score_threshold is None else args.score_threshold,
         )
     except ValueError as error:
         raise ValueError(f"{error} (see codetr export --help)") from None

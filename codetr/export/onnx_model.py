@@ -19,6 +19,7 @@ from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
 from codetr.contract.onnx_graph import clamp_ir_version, default_opset
 from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
 from codetr.export.options import ExportOptions
+from codetr.export.postprocess import name_detection_dims, onnx_translations
 
 
 @functools.cache
@@ -48,6 +49,7 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
     Dynamic image sides become the symbolic dimensions ``height`` and ``width`` of ``images``.
     """
     translations = {} if options.msda is MsdaMode.DECOMPOSED else {torch.ops.codetr.msda.default: _msda_plugin_node}
+    translations.update(onnx_translations())
     onnx_program = torch.onnx.export(
         program,
         dynamo=True,
@@ -60,6 +62,7 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
     )
     model = onnx_program.model_proto
     _name_dynamic_dims(model)
+    name_detection_dims(model)
     if options.msda is MsdaMode.NVIDIA:
         model = replace_with_nvidia_plugin(model)
     clamp_ir_version(model)

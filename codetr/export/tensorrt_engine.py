@@ -21,6 +21,7 @@ import onnx
 from codetr.atomic import atomic_path
 from codetr.contract.plugin import CODETR_OP_TYPE, NVIDIA_OP_TYPE
 from codetr.tensorrt.backend import check_plugin_nodes_parsable, import_tensorrt, is_tensorrt_rtx
+from codetr.tensorrt.data_dependent import check_buildable
 from codetr.tensorrt.inspect import make_recording_logger
 from codetr.tensorrt.plugin import PluginLibraryInfo, register_plugin_library
 
@@ -88,6 +89,7 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(errors))
+    check_buildable(trt, network)
 
     config = builder.create_builder_config()
     config.builder_optimization_level = optimization_level
