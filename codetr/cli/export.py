@@ -19,6 +19,7 @@ from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
 from codetr.contract.postprocess import PostprocessMode
 from codetr.export.options import BUILT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
+from codetr.export.msda_choice import AUTO, MSDA_CHOICES, choose_msda
 from codetr.export.pipeline import export_model
 from codetr.export.stages import ExportError
 from codetr.models import DTYPES, build_model
@@ -68,10 +69,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="comma-separated subset of " + ",".join(a.value for a in BUILT_ARTIFACTS)
         + " (default: auto = all, the engine only when TensorRT and, for --msda plugin, the plugin library are found)",
     )
-    parser.add_argument("--msda", choices=[mode.value for mode in MsdaMode], default=MsdaMode.PLUGIN.value,
+    parser.add_argument("--msda", choices=MSDA_CHOICES, default=AUTO,
                         help="plugin: one codetr::CodetrMSDA node (our TensorRT plugin); nvidia: NVIDIA's "
-                        "MultiscaleDeformableAttnPlugin_TRT; decomposed: standard ONNX ops (GridSample) "
-                        "(default: %(default)s)")
+                        "MultiscaleDeformableAttnPlugin_TRT v2 (TensorRT >= 10.11's plugin library); decomposed: "
+                        "standard ONNX ops (GridSample); auto: plugin when its library is built, else nvidia when "
+                        "TensorRT has it (default: %(default)s)")
     parser.add_argument("--torch-tensorrt", choices=[mode.value for mode in CompileMode],
                         help="also compile the ExportedProgram with Torch-TensorRT (needs torch-tensorrt and "
                         "a CUDA GPU): hybrid keeps MSDA in PyTorch between TensorRT segments; full maps it to "
@@ -161,7 +163,8 @@ def _torch_tensorrt_mode(text: str | None) -> CompileMode | None:
 
 
 def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions:
-    msda = MsdaMode(args.msda)
+    choice = choose_msda(args.msda, args.plugin_library, engine_requested=Artifact.ENGINE.value in args.artifacts)
+    msda = choice.mode
     artifacts, skipped = _artifacts(args.artifacts, msda, args.plugin_library, PostprocessMode(args.postprocess))
     try:
         return ExportOptions(
@@ -184,6 +187,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             skipped=skipped,
             postprocess=PostprocessMode(args.postprocess),
             score_threshold=config.test.score_threshold if args.score_threshold is None else args.score_threshold,
+            msda_choice=choice.reason,
         )
     except ValueError as error:
         raise ValueError(f"{error} (see codetr export --help)") from None

@@ -63,7 +63,7 @@ class ExportOptions:
     ``torch_tensorrt`` (None: off) also compiles the ExportedProgram with Torch-TensorRT in that
     mode. ``skipped``: artifacts deliberately not built, with the reason (recorded in metadata).
     ``postprocess``: post-processing traced into the graph (:mod:`codetr.contract.postprocess`),
-    keeping scores > ``score_threshold``.
+    keeping scores > ``score_threshold``. ``msda_choice``: why ``msda`` was chosen (``--msda auto``).
     """
 
     dtype: torch.dtype = torch.float16
@@ -85,6 +85,7 @@ class ExportOptions:
     skipped: Mapping[Artifact, str] = dataclasses.field(default_factory=dict)
     postprocess: PostprocessMode = PostprocessMode.NONE
     score_threshold: float = 0.0
+    msda_choice: str = "requested"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES.values():
@@ -192,6 +193,7 @@ class ExportOptions:
             "batch_size": self.batch_size,
             "artifacts": [artifact.value for artifact in self.artifacts],
             "msda": self.msda.value,
+            "msda_choice": self.msda_choice,
             "optimization_level": self.optimization_level,
             "device": str(self.device),
             "opset": self.opset,
