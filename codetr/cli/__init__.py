@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("export", "infer", "data")
+SUBCOMMANDS = ("export", "infer", "data", "compare")
 """Module names under codetr.cli, in the order ``codetr --help`` lists them."""
 
 
