@@ -215,3 +215,10 @@ def test_data_dependent_exports_take_one_image_per_run() -> None:
         ExportOptions(postprocess=PostprocessMode.NMS, score_threshold=1.5)
     assert ExportOptions(postprocess=PostprocessMode.NMS, artifacts=(Artifact.ONNX,),
                          msda=MsdaMode.DECOMPOSED).to_json()["postprocess"] == "nms"
+
+
+def test_score_threshold_without_in_graph_postprocessing_is_refused(capsys) -> None:
+    status = main(["export", "--config", str(TINY), "--output", "unused", "--height", "64", "--width", "64",
+                   "--score-threshold", "0.5"])
+    assert status == 2
+    assert "--score-threshold applies to --postprocess threshold or nms" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from codetr.contract.postprocess import PostprocessMode
 from codetr.export.options import BUILT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
 from codetr.export.msda_choice import AUTO, MSDA_CHOICES, choose_msda
 from codetr.export.pipeline import export_model
+from codetr.export.postprocess import score_threshold_for
 from codetr.export.stages import ExportError
 from codetr.models import DTYPES, build_model
 from codetr.tensorrt.backend import import_tensorrt, is_tensorrt_rtx, restart_for_rtx_parser, tensorrt_unavailable_reason
@@ -186,7 +187,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt),
             skipped=skipped,
             postprocess=PostprocessMode(args.postprocess),
-            score_threshold=config.test.score_threshold if args.score_threshold is None else args.score_threshold,
+            score_threshold=score_threshold_for(PostprocessMode(args.postprocess), args.score_threshold, config),
             msda_choice=choice.reason,
         )
     except ValueError as error:

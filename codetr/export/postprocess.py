@@ -55,6 +55,17 @@ def check_postprocess(options: ExportOptions) -> None:
         raise ValueError(f"postprocess {mode.value}: not available with torch_tensorrt; use --postprocess none")
 
 
+def score_threshold_for(mode: PostprocessMode, given: float | None, config: Config) -> float:
+    """The in-graph score threshold: ``given`` (``--score-threshold``), else the config's test
+    score_threshold; ValueError when one is given for mode NONE, where nothing would use it."""
+    if not mode.is_data_dependent:
+        if given is not None:
+            raise ValueError("--score-threshold applies to --postprocess threshold or nms; the host applies "
+                             "the config's threshold otherwise (codetr infer --score-threshold)")
+        return 0.0
+    return config.test.score_threshold if given is None else given
+
+
 def class_wise_offsets(boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """boxes [K, 4] shifted by ``label * (max coordinate + 1)``, so that boxes of different labels
     never overlap and one class-agnostic NMS acts class by class (torchvision ``batched_nms``'s
