@@ -26,6 +26,7 @@ from codetr.export.stages import ExportError
 from codetr.models import DTYPES, build_model
 from codetr.tensorrt.backend import import_tensorrt, is_tensorrt_rtx, restart_for_rtx_parser, tensorrt_unavailable_reason
 from codetr.tensorrt.plugin import plugin_library_path
+from codetr.tensorrt.stock_plugin import stock_plugin_missing_reason
 from codetr.tensorrt.torch_tensorrt import torch_tensorrt_unavailable_reason
 
 logger = logging.getLogger("codetr.export")
@@ -142,8 +143,8 @@ def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None, post
         return reason
     if postprocess.is_data_dependent and is_tensorrt_rtx(import_tensorrt()):
         return f"TensorRT-RTX cannot build the data-dependent layers of --postprocess {postprocess.value}"
-    if msda is MsdaMode.NVIDIA and is_tensorrt_rtx(import_tensorrt()):
-        return "TensorRT-RTX does not ship MultiscaleDeformableAttnPlugin_TRT"
+    if msda is MsdaMode.NVIDIA:
+        return stock_plugin_missing_reason(import_tensorrt())
     if msda is MsdaMode.PLUGIN:
         try:
             plugin_library_path(plugin_library)

@@ -19,7 +19,6 @@ import onnx
 import torch
 
 import codetr.ops  # noqa: F401  registers torch.ops.codetr.select_detections
-
 from codetr.config import Config
 from codetr.contract.postprocess import NUM_DETECTIONS, PostprocessMode
 
@@ -169,7 +168,7 @@ def postprocess_metadata(config: Config, mode: PostprocessMode, score_threshold:
         PostprocessMode.NONE: "the graph ends at the score top-k; the host applies 'postprocessing'",
         PostprocessMode.THRESHOLD: f"the graph keeps scores > score_threshold; {NUM_DETECTIONS} is data-dependent",
         PostprocessMode.NMS: HARD_NMS_NOTE.format(kind=config.test.nms.kind)
-        + f"; then scores > score_threshold; {NUM_DETECTIONS} is data-dependent",
+        + f"; the same NonMaxSuppression node keeps scores > score_threshold; {NUM_DETECTIONS} is data-dependent",
     }[mode]
     return {
         "mode": mode.value,
