@@ -115,3 +115,16 @@ def test_cli_default_is_auto_and_records_the_choice(monkeypatch, hidden_library)
     options = cli_export.options_from_args(args, load_config(TINY))
     assert options.msda is MsdaMode.NVIDIA
     assert "stock MultiscaleDeformableAttnPlugin_TRT v2" in options.to_json()["msda_choice"]
+
+
+def test_artifacts_auto_skips_an_nvidia_engine_an_old_tensorrt_cannot_build(monkeypatch) -> None:
+    import codetr.cli.export as cli_export
+    from codetr.contract.artifacts import Artifact
+    from codetr.contract.postprocess import PostprocessMode
+
+    old = fake_tensorrt("10.8.0", STOCK_V1)
+    monkeypatch.setattr(cli_export, "import_tensorrt", lambda: old)
+    monkeypatch.setattr(cli_export, "tensorrt_unavailable_reason", lambda: None)
+    artifacts, skipped = cli_export._artifacts("auto", MsdaMode.NVIDIA, None, PostprocessMode.NONE)
+    assert Artifact.ENGINE not in artifacts
+    assert "TensorRT 10.8.0 predates MultiscaleDeformableAttnPlugin_TRT version 2" in skipped[Artifact.ENGINE]
