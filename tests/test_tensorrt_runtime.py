@@ -151,3 +151,23 @@ def test_torch_tensorrt_matches_eager_and_reloads(plugin_library, tmp_path, mode
     saved = save_compiled(compiled, tmp_path / f"{mode}.pt2", (images, image_sizes))
     reloaded = TorchTensorRTRuntime(saved, plugin_library=plugin_library)
     assert_same_detections(reloaded(images, image_sizes), expected)
+
+
+def test_output_allocator_returns_what_tensorrt_wrote():
+    """The IOutputAllocator of data-dependent outputs (--postprocess threshold/nms), driven through
+    TensorRT's protocol by hand: memory asked for, written at the returned address, shape notified."""
+    import ctypes
+
+    trt = pytest.importorskip("tensorrt_rtx_bindings", reason="no TensorRT Python package")
+    from codetr.runtime.tensorrt import make_output_allocator
+
+    allocator = make_output_allocator(trt, torch.float32, torch.device("cpu"))
+    written = torch.arange(28, dtype=torch.float32).view(1, 7, 4)
+    address = allocator.reallocate_output_async("boxes", 0, written.numel() * 4, 256, 0)
+    ctypes.memmove(address, written.data_ptr(), written.numel() * 4)
+    allocator.notify_shape("boxes", (1, 7, 4))
+    assert torch.equal(allocator.output(), written)
+    # A later run with no detections reuses the memory and gives an empty [1, 0, 4] tensor.
+    assert allocator.reallocate_output_async("boxes", address, 0, 256, 0) == address
+    allocator.notify_shape("boxes", (1, 0, 4))
+    assert allocator.output().shape == (1, 0, 4)

@@ -7,14 +7,12 @@ partitioning. ``install_cpu_shims`` answers those questions as an H100 would and
 submodules to the CPU; nothing else is faked, so partitioning, converter lookup and the
 converter itself run as they would on a GPU machine, up to the engine build.
 
-Usage: python torch_tensorrt_worker.py PLUGIN_LIBRARY
-Prints {scenario: report} for the scenarios (one process, in this order)
+Usage: python torch_tensorrt_worker.py [PLUGIN_LIBRARY]
+Prints {scenario: report} for the scenarios (one process, in this order); without
+PLUGIN_LIBRARY (no TensorRT headers to build it) only the hybrid ones, which keep MSDA in PyTorch:
   convert-full                     : real FULL compile; report the converter's outcome
   partition-hybrid, partition-full : dry-run compile of a small model; report the partition
   tiny-hybrid, tiny-full           : the same for the tiny Co-DINO exported at 64x96
-  export-hybrid                    : export_model(torch_tensorrt=hybrid) of the tiny Co-DINO, the
-                                     compile made a dry run; report metadata, files and whether
-                                     the saved compiled program computes what model.pt2 does
 """
 
 from __future__ import annotations
@@ -69,43 +67,10 @@ def tiny_co_dino_program() -> tuple[torch.export.ExportedProgram, tuple[torch.Te
     return program, example_inputs(options)
 
 
-def export_hybrid(plugin_library: str) -> dict:
-    """The export path's Torch-TensorRT stage with the compile forced to a dry run (no engines
-    can be built here); everything else (partition report, save, metadata) runs for real."""
-    import functools
-    import tempfile
-    from pathlib import Path
-
-    import codetr.export.torch_tensorrt_program as stage
-    from codetr.config import load_config
-    from codetr.export import Artifact, ExportOptions, MsdaMode, export_model
-    from codetr.export.program import example_inputs
-    from codetr.models import build_model
-    from codetr.contract.artifacts import CompileMode
-    from codetr.tensorrt.torch_tensorrt import compile_program
-
-    stage.compile_program = functools.partial(compile_program, dryrun=True)
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
-    options = ExportOptions(dtype=torch.float32, height=64, width=96, msda=MsdaMode.PLUGIN,
-                            artifacts=(Artifact.EXPORTED_PROGRAM,), plugin_library=Path(plugin_library),
-                            torch_tensorrt=CompileMode.HYBRID)
-    with tempfile.TemporaryDirectory() as output:
-        result = export_model(build_model(config), config, options, Path(output))
-        metadata = json.loads(result.metadata.read_text())
-        inputs = example_inputs(options)
-        compiled = torch.export.load(result.files[Artifact.TORCH_TENSORRT]).module()(*inputs)
-        exported = torch.export.load(result.files[Artifact.EXPORTED_PROGRAM]).module()(*inputs)
-        return {"metadata": metadata["torch_tensorrt"], "files": metadata["files"],
-                "stages": [record.name for record in result.stages.records], "text": str(result.partition),
-                "same_outputs": all(torch.equal(a, b) for a, b in zip(compiled, exported, strict=True))}
-
-
 def run(scenario: str, plugin_library: str) -> dict:
     from codetr.contract.artifacts import CompileMode
     from codetr.tensorrt.torch_tensorrt import compile_program, partition_of
 
-    if scenario == "export-hybrid":
-        return export_hybrid(plugin_library)
     if scenario.startswith("tiny-"):
         program, inputs = tiny_co_dino_program()
     else:
@@ -133,8 +98,11 @@ def run(scenario: str, plugin_library: str) -> dict:
 
 
 # convert-full first: it reports whether the converter was registered before codetr registered it.
-SCENARIOS = ("convert-full", "partition-hybrid", "partition-full", "tiny-hybrid", "tiny-full", "export-hybrid")
+SCENARIOS = ("convert-full", "partition-hybrid", "partition-full", "tiny-hybrid", "tiny-full")
+WITHOUT_PLUGIN = ("partition-hybrid", "tiny-hybrid")
 
 if __name__ == "__main__":
     install_cpu_shims()
-    print(json.dumps({scenario: run(scenario, sys.argv[1]) for scenario in SCENARIOS}))
+    library = sys.argv[1] if len(sys.argv) > 1 else None
+    scenarios = SCENARIOS if library else WITHOUT_PLUGIN
+    print(json.dumps({scenario: run(scenario, library) for scenario in scenarios}))

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("export", "infer", "eval", "bench", "train", "quantize_sensitivity", "data")
+SUBCOMMANDS = ("export", "infer", "eval", "compare", "bench", "train", "quantize_sensitivity", "data")
 """Module names under codetr.cli, in the order ``codetr --help`` lists them."""
 
 

@@ -20,14 +20,18 @@ from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
+from codetr.contract.postprocess import PostprocessMode
 from codetr.export.options import BUILT_ARTIFACTS, DEFAULT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
+from codetr.export.msda_choice import AUTO, MSDA_CHOICES, choose_msda
 from codetr.export.pipeline import export_model
+from codetr.export.postprocess import score_threshold_for
 from codetr.export.stages import ExportError
 from codetr.models import DTYPES, build_model
 from codetr.quantization.int8 import quantize_int8
 from codetr.quantization.onnx_qdq import MIN_HALF_OPSET, check_opset
 from codetr.tensorrt.backend import import_tensorrt, is_tensorrt_rtx, restart_for_rtx_parser, tensorrt_unavailable_reason
 from codetr.tensorrt.plugin import plugin_library_path
+from codetr.tensorrt.stock_plugin import stock_plugin_missing_reason
 from codetr.tensorrt.torch_tensorrt import torch_tensorrt_unavailable_reason
 
 logger = logging.getLogger("codetr.export")
@@ -73,14 +77,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         + " (default: auto = exported_program,onnx,engine, the engine only when TensorRT and, for --msda plugin, the "
         "plugin library are found; aoti, an AOTInductor package for --device, compiles for minutes)",
     )
-    parser.add_argument("--msda", choices=[mode.value for mode in MsdaMode], default=MsdaMode.PLUGIN.value,
+    parser.add_argument("--msda", choices=MSDA_CHOICES, default=AUTO,
                         help="plugin: one codetr::CodetrMSDA node (our TensorRT plugin); nvidia: NVIDIA's "
-                        "MultiscaleDeformableAttnPlugin_TRT; decomposed: standard ONNX ops (GridSample) "
-                        "(default: %(default)s)")
+                        "MultiscaleDeformableAttnPlugin_TRT v2 (TensorRT >= 10.11's plugin library); decomposed: "
+                        "standard ONNX ops (GridSample); auto: plugin when its library is built, else nvidia when "
+                        "TensorRT has it (default: %(default)s)")
     parser.add_argument("--torch-tensorrt", choices=[mode.value for mode in CompileMode],
                         help="also compile the ExportedProgram with Torch-TensorRT (needs torch-tensorrt and "
                         "a CUDA GPU): hybrid keeps MSDA in PyTorch between TensorRT segments; full maps it to "
                         "our plugin (one engine) (default: off)")
+    parser.add_argument("--postprocess", choices=[mode.value for mode in PostprocessMode], default="none",
+                        help="post-processing inside the graph: threshold keeps scores above --score-threshold, nms "
+                        "also runs hard class-wise NMS at the config's IoU threshold (the in-engine stand-in for "
+                        "soft-NMS); both give a data-dependent number of detections and need --batch-size 1 "
+                        "(default: %(default)s, the host post-processes)")
+    parser.add_argument("--score-threshold", type=float,
+                        help="score threshold of --postprocess threshold/nms (default: the config's test score_threshold)")
     parser.add_argument("--plugin-library", type=Path,
                         help="libcodetr_msda_trt.so for the engine build (default: the package's copy)")
     parser.add_argument("--embed-plugin", action="store_true",
@@ -109,7 +121,9 @@ def _default_size(config: Config, given: int | None, axis: int, name: str) -> in
     return config.preprocess.pad_size[axis]
 
 
-def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[tuple[Artifact, ...], dict[Artifact, str]]:
+def _artifacts(
+    text: str, msda: MsdaMode, plugin_library: Path | None, postprocess: PostprocessMode
+) -> tuple[tuple[Artifact, ...], dict[Artifact, str]]:
     """The artifacts to build and, for ``auto``, the ones skipped with the reason."""
     if text != AUTO_ARTIFACTS:
         names = [name.strip() for name in text.split(",") if name.strip()]
@@ -122,18 +136,20 @@ def _artifacts(text: str, msda: MsdaMode, plugin_library: Path | None) -> tuple[
         if reason:
             raise ValueError(f"--artifacts engine: {reason}")
         return artifacts, {}
-    reason = _engine_unavailable_reason(msda, plugin_library)
+    reason = _engine_unavailable_reason(msda, plugin_library, postprocess)
     if reason:
         return (Artifact.EXPORTED_PROGRAM, Artifact.ONNX), {Artifact.ENGINE: reason}
     return DEFAULT_ARTIFACTS, {}
 
 
-def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None) -> str | None:
+def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None, postprocess: PostprocessMode) -> str | None:
     reason = tensorrt_unavailable_reason()
     if reason:
         return reason
-    if msda is MsdaMode.NVIDIA and is_tensorrt_rtx(import_tensorrt()):
-        return "TensorRT-RTX does not ship MultiscaleDeformableAttnPlugin_TRT"
+    if postprocess.is_data_dependent and is_tensorrt_rtx(import_tensorrt()):
+        return f"TensorRT-RTX cannot build the data-dependent layers of --postprocess {postprocess.value}"
+    if msda is MsdaMode.NVIDIA:
+        return stock_plugin_missing_reason(import_tensorrt())
     if msda is MsdaMode.PLUGIN:
         try:
             plugin_library_path(plugin_library)
@@ -163,8 +179,9 @@ def _opset(args: argparse.Namespace) -> int | None:
 
 
 def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions:
-    msda = MsdaMode(args.msda)
-    artifacts, skipped = _artifacts(args.artifacts, msda, args.plugin_library)
+    choice = choose_msda(args.msda, args.plugin_library, engine_requested=Artifact.ENGINE.value in args.artifacts)
+    msda = choice.mode
+    artifacts, skipped = _artifacts(args.artifacts, msda, args.plugin_library, PostprocessMode(args.postprocess))
     try:
         return ExportOptions(
             dtype=DTYPES[args.dtype],
@@ -184,6 +201,9 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             timing_cache=args.timing_cache,
             torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt, args.device),
             skipped=skipped,
+            postprocess=PostprocessMode(args.postprocess),
+            score_threshold=score_threshold_for(PostprocessMode(args.postprocess), args.score_threshold, config),
+            msda_choice=choice.reason,
         )
     except ValueError as error:
         raise ValueError(f"{error} (see codetr export --help)") from None

@@ -11,7 +11,10 @@ user passes the model file and nothing else. The document (format ``codetr-expor
                     multiple (every size is a multiple of it); dtype of ``images`` (float32)
     inputs/outputs  name, shape (ints or a dimension name), dtype, description per tensor
     preprocessing   the codetr.config.PreprocessConfig fields that produce that input
-    postprocessing  the codetr.config.TestConfig fields (score threshold, NMS)
+    postprocessing  the codetr.config.TestConfig fields the host applies (score threshold, NMS)
+    postprocess     what the graph itself does after the top-k: mode none | threshold | nms,
+                    score_threshold, iou_threshold, max_detections, note
+                    (:mod:`codetr.contract.postprocess`; outputs then [1, num_detections, ...])
     precision       dtype, allow_tf32, notes on the parts kept in float32
     msda            plugin | nvidia | decomposed (the form MSDA takes in the ONNX file)
     onnx            {opset, ir_version} read back from the written file, or null

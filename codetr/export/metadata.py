@@ -25,6 +25,8 @@ from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
 from codetr.contract.metadata import METADATA_FORMAT
 from codetr.contract.onnx_graph import default_opset
 from codetr.export.options import ExportOptions
+from codetr.export.postprocess import host_postprocessing, output_dim, postprocess_metadata
+from codetr.contract.postprocess import POSTPROCESS_KEY
 from codetr.tensorrt.torch_tensorrt import Partition
 
 PRECISION_NOTES = (
@@ -99,7 +101,7 @@ def _output_specs(program: ExportedProgram) -> list[dict[str, object]]:
         "class indices into class_names",
     )
     return [
-        {"name": name, "shape": [int(size) for size in value.shape], "dtype": _dtype_name(value.dtype),
+        {"name": name, "shape": [output_dim(size) for size in value.shape], "dtype": _dtype_name(value.dtype),
          "description": description}
         for name, value, description in zip(OUTPUT_NAMES, values, descriptions, strict=True)
     ]
@@ -169,7 +171,8 @@ def build_metadata(
         "inputs": _input_specs(options),
         "outputs": _output_specs(program),
         "preprocessing": dataclasses.asdict(preprocessing),
-        "postprocessing": dataclasses.asdict(config.test),
+        "postprocessing": host_postprocessing(config, options.postprocess, options.score_threshold),
+        POSTPROCESS_KEY: postprocess_metadata(config, options.postprocess, options.score_threshold),
         "precision": {
             "dtype": _dtype_name(options.dtype),
             "allow_tf32": options.allow_tf32,

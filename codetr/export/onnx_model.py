@@ -20,6 +20,7 @@ from codetr.contract.onnx_graph import clamp_ir_version, default_opset
 from codetr.export.nvidia_plugin import replace_with_nvidia_plugin
 from codetr.export.options import ExportOptions
 from codetr.quantization.onnx_qdq import qdq_translations
+from codetr.export.postprocess import name_detection_dims, onnx_translations
 
 
 @functools.cache
@@ -50,6 +51,7 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
     """
     translations = {} if options.msda is MsdaMode.DECOMPOSED else {torch.ops.codetr.msda.default: _msda_plugin_node}
     translations.update(qdq_translations(options.onnx_opset))  # INT8 Q/DQ nodes, if the program has any
+    translations.update(onnx_translations())
     onnx_program = torch.onnx.export(
         program,
         dynamo=True,
@@ -62,6 +64,7 @@ def to_onnx(program: ExportedProgram, options: ExportOptions) -> onnx.ModelProto
     )
     model = onnx_program.model_proto
     _name_dynamic_dims(model)
+    name_detection_dims(model)
     if options.msda is MsdaMode.NVIDIA:
         model = replace_with_nvidia_plugin(model)
     clamp_ir_version(model)

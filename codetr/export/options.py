@@ -16,6 +16,8 @@ import torch
 
 from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.contract.plugin import ONNX_IR_VERSION
+from codetr.contract.postprocess import PostprocessMode
+from codetr.export.postprocess import check_postprocess
 from codetr.models import DTYPES
 
 BUILT_ARTIFACTS = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX, Artifact.ENGINE, Artifact.AOTI)
@@ -63,6 +65,8 @@ class ExportOptions:
     IEEE float32. ``embed_plugin``: serialize the MSDA plugin library into the engine.
     ``torch_tensorrt`` (None: off) also compiles the ExportedProgram with Torch-TensorRT in that
     mode. ``skipped``: artifacts deliberately not built, with the reason (recorded in metadata).
+    ``postprocess``: post-processing traced into the graph (:mod:`codetr.contract.postprocess`),
+    keeping scores > ``score_threshold``. ``msda_choice``: why ``msda`` was chosen (``--msda auto``).
     """
 
     dtype: torch.dtype = torch.float16
@@ -82,6 +86,9 @@ class ExportOptions:
     timing_cache: Path | None = None
     torch_tensorrt: CompileMode | None = None
     skipped: Mapping[Artifact, str] = dataclasses.field(default_factory=dict)
+    postprocess: PostprocessMode = PostprocessMode.NONE
+    score_threshold: float = 0.0
+    msda_choice: str = "requested"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES.values():
@@ -109,6 +116,7 @@ class ExportOptions:
             )
         self._check_opset()
         self._check_torch_tensorrt()
+        check_postprocess(self)
         for name, size, extent in (
             ("height", self.height, self.dynamic_height),
             ("width", self.width, self.dynamic_width),
@@ -184,6 +192,7 @@ class ExportOptions:
             "batch_size": self.batch_size,
             "artifacts": [artifact.value for artifact in self.artifacts],
             "msda": self.msda.value,
+            "msda_choice": self.msda_choice,
             "optimization_level": self.optimization_level,
             "device": str(self.device),
             "opset": self.opset,
@@ -191,6 +200,8 @@ class ExportOptions:
             "plugin_library": str(self.plugin_library) if self.plugin_library else None,
             "embed_plugin": self.embed_plugin,
             "torch_tensorrt": self.torch_tensorrt.value if self.torch_tensorrt else None,
+            "postprocess": self.postprocess.value,
+            "score_threshold": self.score_threshold,
         }
 
 

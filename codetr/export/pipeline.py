@@ -33,6 +33,7 @@ from codetr.export.aoti_package import compile_package
 from codetr.export.metadata import build_metadata, library_versions
 from codetr.export.onnx_model import save_onnx, to_onnx
 from codetr.export.options import ExportOptions
+from codetr.export.postprocess import wrap_for_export
 from codetr.export.program import check_input_sizes, export_program, prepare_model
 from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
@@ -171,6 +172,7 @@ def _export_into(
 
     with stages.stage("torch.export"):
         model = prepare_model(model, options)
+        model = wrap_for_export(model, options.postprocess, options.score_threshold, config.test.nms.iou_threshold)
         program = export_program(model, options, config.preprocess.size_divisor)
 
     if Artifact.EXPORTED_PROGRAM in options.artifacts:

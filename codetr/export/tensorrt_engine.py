@@ -21,6 +21,8 @@ import onnx
 from codetr.atomic import atomic_path
 from codetr.contract.plugin import CODETR_OP_TYPE, NVIDIA_OP_TYPE
 from codetr.tensorrt.backend import check_plugin_nodes_parsable, import_tensorrt, is_tensorrt_rtx
+from codetr.tensorrt.data_dependent import check_buildable
+from codetr.tensorrt.stock_plugin import check_stock_plugin
 from codetr.tensorrt.inspect import make_recording_logger
 from codetr.tensorrt.plugin import PluginLibraryInfo, register_plugin_library
 
@@ -80,7 +82,7 @@ def build_engine(
         plugin = register_plugin_library(trt, plugin_library)
         check_plugin_nodes_parsable(trt)
     if NVIDIA_OP_TYPE in op_types:
-        _load_nvidia_plugins(trt, build_log)
+        check_stock_plugin(trt, build_log)
 
     builder = trt.Builder(build_log)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -88,6 +90,7 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(errors))
+    check_buildable(trt, network)
 
     config = builder.create_builder_config()
     config.builder_optimization_level = optimization_level
@@ -136,16 +139,6 @@ def _custom_op_types(onnx_path: Path) -> set[str]:
     # Weights are not needed to see which ops the graph uses.
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {node.op_type for node in model.graph.node if node.domain not in ("", "ai.onnx")}
-
-
-def _load_nvidia_plugins(trt: ModuleType, build_log) -> None:
-    if is_tensorrt_rtx(trt):
-        raise RuntimeError(
-            f"TensorRT-RTX does not ship {NVIDIA_OP_TYPE}; build the 'nvidia' ONNX with TensorRT "
-            "10.x/11.x (libnvinfer_plugin), or export with --msda plugin or decomposed"
-        )
-    if not trt.init_libnvinfer_plugins(build_log, ""):
-        raise RuntimeError("TensorRT could not initialise libnvinfer_plugin")
 
 
 def _add_profile(builder, network, config, profiles: Mapping[str, ShapeProfile]) -> None:

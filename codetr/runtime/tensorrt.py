@@ -27,6 +27,7 @@ from codetr.contract.metadata import ExportMetadata
 from codetr.runtime.base import Runtime, check_inputs, resolve_device
 from codetr.tensorrt.backend import import_tensorrt
 from codetr.tensorrt.plugin import PACKAGE_LIBRARY, register_available_plugin
+from codetr.tensorrt.stock_plugin import check_stock_plugin
 
 
 def torch_dtype(trt: ModuleType, trt_type) -> torch.dtype:
@@ -141,6 +142,11 @@ class TensorRTRuntime(Runtime):
         plugin_version = plugin.version if plugin else None
         if metadata is not None:
             check_engine_metadata(metadata.document, trt.__name__, trt.__version__, plugin_version)
+            if metadata.msda == "nvidia":  # the engine's MSDA layers are libnvinfer_plugin's stock plugin
+                try:
+                    check_stock_plugin(trt, self._logger)
+                except RuntimeError as error:
+                    raise ValueError(str(error)) from None
 
         with torch.cuda.device(self.device):
             runtime = trt.Runtime(self._logger)
