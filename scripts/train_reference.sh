@@ -3,11 +3,12 @@
 # scratch with bf16 AMP on one GPU, evaluates it on the val split and prints AP / AP50.
 # Run from anywhere on the GPU machine:  bash scripts/train_reference.sh
 #
-# Recipe (deterministic given SEED up to GPU atomics; the iteration count is fitted to
-# TIME_LIMIT after 40 iterations, logged, and stored in the checkpoint's meta, so
-# `ITERATIONS=<that> TIME_LIMIT=` repeats it without the fitting):
+# Recipe (deterministic given SEED up to GPU atomics): 1144 iterations, the count that
+# `--time-limit 6` fitted on one H200 on 2026-11-30 (AP 0.862 on val; BENCHMARKS.md). Setting
+# TIME_LIMIT (minutes) instead fits the iteration count to a time budget after 40 iterations
+# (logged and stored in the checkpoint's meta).
 #   data   codetr data synthetic --train-images 6000 --val-images 500 --size 512 512 --seed 0
-#   train  codetr train --batch-size 32 --amp bf16 --seed 0 --iterations 8000 --time-limit 10
+#   train  codetr train --batch-size 32 --amp bf16 --seed 0 --iterations 1144
 # Writes everything under out/reference/ (ignored by git): data/, train/{latest.pth,
 # train_log.jsonl,loss.png,metrics.json}; copies the logs, metrics and plot to $OUT when set.
 # Environment: SEED, TRAIN_IMAGES, VAL_IMAGES, ITERATIONS, TIME_LIMIT (minutes, empty = none),
@@ -20,8 +21,8 @@ SEED="${SEED:-0}"
 TRAIN_IMAGES="${TRAIN_IMAGES:-6000}"
 VAL_IMAGES="${VAL_IMAGES:-500}"
 SIZE="${SIZE:-512 512}"
-ITERATIONS="${ITERATIONS:-8000}"
-TIME_LIMIT="${TIME_LIMIT-10}"
+ITERATIONS="${ITERATIONS:-1144}"
+TIME_LIMIT="${TIME_LIMIT:-}"
 BATCH="${BATCH:-32}"
 AMP="${AMP:-bf16}"
 WORKERS="${WORKERS:-12}"

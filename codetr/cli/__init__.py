@@ -1,8 +1,9 @@
 """The ``codetr`` command (also ``python -m codetr``): one front door to every tool.
 
 Each subcommand is a module of this package with ``add_parser(subparsers)``, which declares its
-options, and ``run(args) -> int``. Errors a user can act on (ValueError, OSError and their
-subclasses, e.g. a missing file or a bad option value) print one ``error: ...`` line and exit
+options, and ``run(args) -> int``. Errors a user can act on (ValueError, OSError, ImportError and
+their subclasses: a missing file, a bad option value, an optional package not installed) print one
+``error: ...`` line and exit
 with status 2; Ctrl-C prints ``interrupted`` and exits with 130; neither shows a traceback.
 """
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:  # ImportError: an optional package is missing
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,6 +30,12 @@ def device_type(text: str) -> torch.device:
     return device
 
 
+USE_EMA_HELP = (
+    "load the checkpoint's EMA-named copy (mmdet 2.x ema_* buffers or mmengine ema_state_dict) instead of its "
+    "main weights (default: off; the training hooks already save the averaged weights as the main weights)"
+)
+
+
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from codetr.atomic import atomic_path
+from codetr.cli.common import USE_EMA_HELP
 from codetr.config import load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
 from codetr.evaluation.coco import BBOX_METRICS, Metrics, evaluate_detections, load_results
@@ -58,6 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "compare several on the same images (the first is the reference)")
     source.add_argument("--config", type=Path, help="config TOML: evaluate the eager PyTorch model (first in the table)")
     source.add_argument("--checkpoint", type=Path, help="weights for --config (default: none, random weights)")
+    source.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     source.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="precision of --config's model (default: float32); an artifact's is fixed by its export")
     source.add_argument("--allow-tf32", action="store_true", help="let --config's float32 model use TF32 on GPUs (default: off)")
@@ -153,7 +155,7 @@ def _predictor(args: argparse.Namespace, artifact: Path | None, device: str | No
     if artifact is None:
         predictor = Predictor.from_config(
             load_config(args.config), checkpoint=args.checkpoint, device=device, dtype=args.dtype or "float32",
-            allow_tf32=args.allow_tf32,
+            allow_tf32=args.allow_tf32, use_ema=args.use_ema,
         )
     else:
         predictor = Predictor.from_artifact(artifact, device=device)

@@ -16,7 +16,7 @@ import torch
 
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
-from codetr.cli.common import FLOAT16_ON_CPU, default_device, device_type, warn_random_weights
+from codetr.cli.common import FLOAT16_ON_CPU, USE_EMA_HELP, default_device, device_type, warn_random_weights
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
@@ -56,6 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="model config TOML (default: %(default)s)")
     parser.add_argument("--checkpoint", type=Path,
                         help="official Co-DETR (mmdet 2.x/3.x) or codetr checkpoint (default: none, random weights)")
+    parser.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random weights used without --checkpoint (default: %(default)s)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float16",
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint is None:
             warn_random_weights(args.seed)
         else:
-            load_checkpoint(built, args.checkpoint)
+            load_checkpoint(built, args.checkpoint, use_ema=args.use_ema)
         return built
 
     quantization = None

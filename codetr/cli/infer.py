@@ -44,7 +44,7 @@ from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from codetr.atomic import atomic_path
-from codetr.cli.common import FLOAT16_ON_CPU, device_type, warn_random_weights
+from codetr.cli.common import FLOAT16_ON_CPU, USE_EMA_HELP, device_type, warn_random_weights
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
 from codetr.models import DTYPES
 from codetr.postprocess import ImageDetections, coco_results
@@ -73,6 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--config", type=Path, help="configs/*.toml, to run the eager PyTorch model (default: none)")
     source.add_argument("--checkpoint", type=Path, help="with --config: official .pth (either layout) or codetr's own "
                         "(default: none = deterministic random weights, meaningless detections)")
+    source.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     parser.add_argument("--input", required=True, type=Path,
                         help=f"an image file or a folder of images ({', '.join(IMAGE_SUFFIXES)}; not recursive)")
     parser.add_argument("--output", required=True, type=Path,
@@ -180,7 +181,8 @@ def make_predictor(args: argparse.Namespace) -> Predictor:
     if args.model is not None:
         return Predictor.from_artifact(args.model, device=args.device)
     return Predictor.from_config(
-        args.config, args.checkpoint, device=args.device, dtype=args.dtype or "float32", allow_tf32=args.allow_tf32
+        args.config, args.checkpoint, device=args.device, dtype=args.dtype or "float32", allow_tf32=args.allow_tf32,
+        use_ema=args.use_ema,
     )
 
 

@@ -82,9 +82,10 @@ class Predictor:
         device: str | torch.device | None = "cpu",
         dtype: str | torch.dtype = "float32",
         allow_tf32: bool = False,
+        use_ema: bool = False,
     ) -> Predictor:
         """The eager model of ``config`` (a Config or its TOML path) with ``checkpoint``'s weights
-        (None: deterministic random weights, ``random_weights`` True) as an
+        (None: deterministic random weights, ``random_weights`` True; ``use_ema``: its EMA copy) as an
         :class:`~codetr.runtime.eager.EagerRuntime` on ``device`` in ``dtype``."""
         from codetr.checkpoint import load_checkpoint
         from codetr.models import build_model
@@ -93,7 +94,7 @@ class Predictor:
             config = load_config(config)
         model = build_model(config, seed=0)
         if checkpoint is not None:
-            report = load_checkpoint(model, checkpoint)
+            report = load_checkpoint(model, checkpoint, use_ema=use_ema)
             logger.info("loaded %d tensors (%s layout) from %s", report.loaded, report.layout, checkpoint)
         runtime = EagerRuntime(model, device=device, dtype=dtype, allow_tf32=allow_tf32)
         return cls(
