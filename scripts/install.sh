@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install "torch>=2.11" "torchvision>=0.26" ninja "setuptools>=69" wheel
-python3 -m pip install --no-build-isolation -e ".[test]"
+python3 -m pip install --no-build-isolation -e ".[test,int8]"
 
 # torch-tensorrt-rtx is released per torch version and pins an older tensorrt-rtx than the
 # builder above, so it comes without its dependencies (torch, dllist, psutil are installed).
