@@ -17,7 +17,6 @@ import torch
 from codetr.contract.artifacts import Artifact, CompileMode, MsdaMode
 from codetr.contract.plugin import ONNX_IR_VERSION
 from codetr.contract.postprocess import PostprocessMode
-from codetr.export.postprocess import check_postprocess
 from codetr.models import DTYPES
 
 BUILT_ARTIFACTS = (Artifact.EXPORTED_PROGRAM, Artifact.ONNX, Artifact.ENGINE, Artifact.AOTI)
@@ -116,7 +115,7 @@ class ExportOptions:
             )
         self._check_opset()
         self._check_torch_tensorrt()
-        check_postprocess(self)
+        _check_postprocess(self)
         for name, size, extent in (
             ("height", self.height, self.dynamic_height),
             ("width", self.width, self.dynamic_width),
@@ -207,3 +206,23 @@ class ExportOptions:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _check_postprocess(options: ExportOptions) -> None:
+    """ValueError for in-graph post-processing the export cannot produce: a data-dependent
+    detection count needs batch size 1 (one image's detections per run), and a Torch-TensorRT
+    compile of it has never been verified."""
+    mode = options.postprocess
+    if not isinstance(mode, PostprocessMode):
+        raise ValueError(f"postprocess must be one of {', '.join(m.value for m in PostprocessMode)}, got {mode!r}")
+    if not 0.0 <= options.score_threshold < 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1) (a sigmoid score), got {options.score_threshold}")
+    if not mode.is_data_dependent:
+        return
+    if options.batch_size != 1:
+        raise ValueError(
+            f"postprocess {mode.value}: the number of detections is data-dependent, so the export takes one "
+            f"image per run; use --batch-size 1 (got {options.batch_size}) or --postprocess none"
+        )
+    if options.torch_tensorrt is not None:
+        raise ValueError(f"postprocess {mode.value}: not available with torch_tensorrt; use --postprocess none")

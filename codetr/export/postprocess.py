@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -22,9 +21,6 @@ import codetr.ops  # noqa: F401  registers torch.ops.codetr.select_detections
 from codetr.config import Config
 from codetr.contract.postprocess import NUM_DETECTIONS, PostprocessMode
 
-if TYPE_CHECKING:
-    from codetr.export.options import ExportOptions
-
 NO_SUPPRESSION = 1.0
 """IoU threshold that suppresses nothing (IoU never exceeds 1): threshold mode's NMS node."""
 HARD_NMS_NOTE = (
@@ -32,26 +28,6 @@ HARD_NMS_NOTE = (
     "closest in-engine form of the config's host NMS ({kind}); it removes overlapping boxes that soft-NMS would keep "
     "with a decayed score, so AP can differ from the host soft-NMS"
 )
-
-
-def check_postprocess(options: ExportOptions) -> None:
-    """ValueError for in-graph post-processing the export cannot produce: a data-dependent
-    detection count needs batch size 1 (one image's detections per run), and a Torch-TensorRT
-    compile of it has never been verified."""
-    mode = options.postprocess
-    if not isinstance(mode, PostprocessMode):
-        raise ValueError(f"postprocess must be one of {', '.join(m.value for m in PostprocessMode)}, got {mode!r}")
-    if not 0.0 <= options.score_threshold < 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1) (a sigmoid score), got {options.score_threshold}")
-    if not mode.is_data_dependent:
-        return
-    if options.batch_size != 1:
-        raise ValueError(
-            f"postprocess {mode.value}: the number of detections is data-dependent, so the export takes one "
-            f"image per run; use --batch-size 1 (got {options.batch_size}) or --postprocess none"
-        )
-    if options.torch_tensorrt is not None:
-        raise ValueError(f"postprocess {mode.value}: not available with torch_tensorrt; use --postprocess none")
 
 
 def score_threshold_for(mode: PostprocessMode, given: float | None, config: Config) -> float:

@@ -28,6 +28,7 @@ import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda, which the pack
 from codetr.contract.metadata import ExportMetadata
 from codetr.models import Detections
 from codetr.runtime.base import Runtime, check_inputs, resolve_device
+from codetr.runtime.cuda_graph import CudaGraphReplay
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class AOTIRuntime(Runtime):
             device_index=self.device.index if self.device.index is not None else -1,
         )
         # (input shapes, graph, static inputs, static outputs) of the last capture.
-        self._graph: tuple[tuple, torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._replay = CudaGraphReplay(self.device)
 
     @staticmethod
     def _device(path: Path, compiled_for: str, requested: str | torch.device | None) -> torch.device:
@@ -118,27 +119,7 @@ class AOTIRuntime(Runtime):
         with torch.no_grad():
             if self.cuda_graph:
                 with torch.cuda.device(self.device):
-                    boxes, scores, labels = self._replay(inputs)
+                    boxes, scores, labels = self._replay(lambda static_inputs, stream: self.model(*static_inputs), inputs)
             else:
                 boxes, scores, labels = self.model(*inputs)
         return Detections(boxes.float(), scores.float(), labels.long())
-
-    def _replay(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        shapes = tuple(tuple(tensor.shape) for tensor in inputs)
-        if self._graph is None or self._graph[0] != shapes:
-            self._graph = None
-            static_inputs = [tensor.clone() for tensor in inputs]
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                self.model(*static_inputs)  # warm-up outside the capture
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=stream):
-                    static_outputs = list(self.model(*static_inputs))
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            self._graph = (shapes, graph, static_inputs, static_outputs)
-        _, graph, static_inputs, static_outputs = self._graph
-        for static, tensor in zip(static_inputs, inputs):
-            static.copy_(tensor)
-        graph.replay()
-        return [output.clone() for output in static_outputs]

@@ -25,6 +25,7 @@ import torch
 from codetr.models import Detections
 from codetr.contract.metadata import ExportMetadata
 from codetr.runtime.base import Runtime, check_inputs, resolve_device
+from codetr.runtime.cuda_graph import CudaGraphReplay
 from codetr.tensorrt.backend import import_tensorrt
 from codetr.tensorrt.plugin import PACKAGE_LIBRARY, register_available_plugin
 from codetr.tensorrt.stock_plugin import check_stock_plugin
@@ -171,10 +172,7 @@ class TensorRTRuntime(Runtime):
         self._dtypes = {name: torch_dtype(trt, self.engine.get_tensor_dtype(name)) for name in names}
         self._allocators: dict[str, object] = {}
         self.cuda_graph = cuda_graph
-        # (input shapes, graph, static inputs, static outputs) of the last capture. Only one:
-        # TensorRT reconfigures the execution context when shapes change, so a graph captured
-        # for earlier shapes must not be replayed after that.
-        self._graph: tuple[tuple, torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._replay = CudaGraphReplay(self.device)
 
     def __call__(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Detections:
         check_inputs(images, image_sizes, self.metadata)
@@ -184,7 +182,7 @@ class TensorRTRuntime(Runtime):
         ]
         with torch.cuda.device(self.device):
             if self.cuda_graph:
-                outputs = self._replay(inputs)
+                outputs = self._replay(lambda static_inputs, stream: self._enqueue(static_inputs, stream, capturing=True), inputs)
             else:
                 outputs = self._enqueue(inputs, torch.cuda.current_stream(self.device))
         boxes, scores, labels = outputs
@@ -230,24 +228,3 @@ class TensorRTRuntime(Runtime):
             self._allocators[name].output() if output is None else output
             for name, output in zip(self.output_names, outputs)
         ]
-
-    def _replay(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        shapes = tuple(tuple(tensor.shape) for tensor in inputs)
-        if self._graph is None or self._graph[0] != shapes:
-            self._graph = None
-            static_inputs = [tensor.clone() for tensor in inputs]
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                # One plain run first: TensorRT finishes shape-dependent setup outside capture.
-                self._enqueue(static_inputs, stream, capturing=True)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=stream):
-                    static_outputs = self._enqueue(static_inputs, stream, capturing=True)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            self._graph = (shapes, graph, static_inputs, static_outputs)
-        _, graph, static_inputs, static_outputs = self._graph
-        for static, tensor in zip(static_inputs, inputs):
-            static.copy_(tensor)
-        graph.replay()
-        return [output.clone() for output in static_outputs]
