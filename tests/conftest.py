@@ -14,6 +14,10 @@ from typing import NamedTuple
 import pytest
 import torch
 
+# The TensorRT tests' fixtures (plugin library built from this checkout, its harness, the
+# TensorRT-RTX environment), declared here so that every test module gets them from conftest.
+from tensorrt_fixtures import cuda_home, harness, include_dir, plugin_library, rtx_environment  # noqa: F401
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")

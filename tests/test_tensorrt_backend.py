@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from codetr.tensorrt.inspect import EngineLayer, engine_layers, layers_from_build_log, onnx_nodes_of
-from tensorrt_fixtures import rtx_environment  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,7 +38,6 @@ from codetr.contract.plugin import (
 from codetr.tensorrt.plugin import read_plugin_library_info
 from plugin_harness import PluginFieldType, TrtDataType
 from codetr_build.tensorrt_plugin import build_tensorrt_plugin
-from tensorrt_fixtures import cuda_home, harness, include_dir, plugin_library, rtx_environment  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TrtDataType

@@ -17,7 +17,6 @@ import torch
 
 from codetr.models import Detections
 from codetr.runtime.tensorrt import TensorRTRuntime, check_engine_metadata, torch_dtype
-from tensorrt_fixtures import cuda_home, include_dir, plugin_library  # noqa: F401
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 SIZE = (64, 96)

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from codetr.tensorrt.torch_tensorrt import Partition, partition_of
-from tensorrt_fixtures import cuda_home, include_dir, plugin_library, rtx_environment  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
