@@ -9,7 +9,6 @@ input before anything touches an engine.
 from __future__ import annotations
 
 import importlib.util
-import zipfile
 from pathlib import Path
 
 import onnx
@@ -17,12 +16,14 @@ import pytest
 import torch
 
 from codetr.config import load_config
+from codetr.contract.artifacts import Artifact
 from codetr.contract.metadata import ExportMetadata, parse_metadata, write_metadata
 from codetr.models import build_model
 from codetr.runtime import load_runtime
 from codetr.runtime.base import check_inputs, resolve_device
 from codetr.runtime.eager import EagerRuntime
 from codetr.runtime.exported_program import ExportedProgramRuntime
+from codetr.runtime.loader import RUNTIMES
 from codetr.runtime.onnxruntime import OnnxRuntime
 from codetr.runtime.tensorrt import TensorRTRuntime
 from codetr.runtime.torch_tensorrt import TorchTensorRTRuntime
@@ -103,13 +104,12 @@ def test_load_runtime_rejects_unknown_file_types(tmp_path: Path) -> None:
         load_runtime(path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("codetr.runtime.aoti") is not None, reason="this codetr runs AOTI")
-def test_artifact_without_runtime_is_refused_by_name(tmp_path: Path) -> None:
-    path = tmp_path / "model_aoti.pt2"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("model/data/aotinductor/model/model.so", b"")
-    with pytest.raises(ValueError, match="this codetr cannot run AOTInductor package"):
-        load_runtime(path)
+def test_every_artifact_of_the_table_has_a_runtime() -> None:
+    """One table drives export and loading: an artifact export can write must be loadable."""
+    assert set(RUNTIMES) == set(Artifact)
+    for entry in RUNTIMES.values():
+        module_name, class_name = entry.split(":")
+        assert importlib.util.find_spec(module_name) is not None, entry
 
 
 def test_load_runtime_hands_the_metadata_beside_the_file_to_the_runtime(tmp_path: Path, metadata_document) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 
-from codetr.contract.artifacts import ARTIFACTS, Artifact, identify_artifact
+from codetr.contract.artifacts import Artifact, identify_artifact
 from codetr.contract.metadata import ExportMetadata, metadata_path_for, read_metadata
 from codetr.runtime.base import Runtime
 
@@ -14,13 +13,11 @@ RUNTIMES: dict[Artifact, str] = {
     Artifact.EXPORTED_PROGRAM: "codetr.runtime.exported_program:ExportedProgramRuntime",
     Artifact.ONNX: "codetr.runtime.onnxruntime:OnnxRuntime",
     Artifact.ENGINE: "codetr.runtime.tensorrt:TensorRTRuntime",
+    Artifact.AOTI: "codetr.runtime.aoti:AOTIRuntime",
     Artifact.TORCH_TENSORRT: "codetr.runtime.torch_tensorrt:TorchTensorRTRuntime",
 }
 """The runtime class of each artifact, imported only when such a file is loaded (each needs its own
-optional packages). An artifact without an entry is identified but refused by name."""
-
-if importlib.util.find_spec("codetr.runtime.aoti") is not None:
-    RUNTIMES[Artifact.AOTI] = "codetr.runtime.aoti:AOTIRuntime"
+optional packages). Every artifact of the table has one (tests/test_runtime.py checks)."""
 
 
 def load_runtime(path: str | Path, **options) -> Runtime:
@@ -29,18 +26,12 @@ def load_runtime(path: str | Path, **options) -> Runtime:
 
     The export's ``metadata.json`` beside the file, when present, identifies the artifact and is
     handed to the runtime, which then checks every input against it. Raises FileNotFoundError for
-    a missing file, ValueError for a file that is none of the artifacts or one this codetr cannot
-    run, and :class:`~codetr.contract.metadata.MetadataError` (a ValueError) for a malformed or
+    a missing file, ValueError for a file that is none of the artifacts, and :class:`~codetr.contract.metadata.MetadataError` (a ValueError) for a malformed or
     outdated metadata.json.
     """
     path = Path(path)
     metadata = _metadata_beside(path)
     artifact = identify_artifact(path, metadata.files if metadata else None)
-    if artifact not in RUNTIMES:
-        raise ValueError(
-            f"{path}: this codetr cannot run {ARTIFACTS[artifact].description} files "
-            f"({artifact.value}); run another artifact of the export (e.g. model.pt2 or model.onnx)"
-        )
     module_name, class_name = RUNTIMES[artifact].split(":")
     runtime_class = getattr(importlib.import_module(module_name), class_name)
     return runtime_class(path, metadata=metadata, **options)

@@ -27,7 +27,7 @@ import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda
 from codetr.atomic import atomic_path
 from codetr.contract.artifacts import CompileMode
 from codetr.contract.plugin import CODETR_OP_TYPE, CODETR_PLUGIN_NAMESPACE, CODETR_PLUGIN_VERSION, DEFAULT_IM2COL_STEP
-from codetr.tensorrt.plugin import register_available_plugin, register_plugin_library
+from codetr.tensorrt.plugin import register_plugin_library
 
 MSDA_OP = torch.ops.codetr.msda.default
 
