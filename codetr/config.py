@@ -108,7 +108,8 @@ class PreprocessConfig:
     normalising, e.g. LSJ's 114) or ``"mean"``: the ``mean`` colour, which the model's
     normalisation turns into exactly 0 (pipelines that pad after ``Normalize`` with 0).
     ``mask_padding``: whether the transformer ignores padded pixels (official ``with_attn_mask``);
-    when false the whole padded canvas is treated as the image.
+    when false the whole padded canvas is treated as the image. ``pad_min_size`` (h, w): without a
+    fixed ``pad_size``, pad at least to this (a dynamic export's smallest accepted input).
     """
 
     scale: tuple[int, int]
@@ -118,6 +119,7 @@ class PreprocessConfig:
     size_divisor: int = 32
     pad_value: float | Literal["mean"] = 0.0
     mask_padding: bool = False
+    pad_min_size: tuple[int, int] | None = None
 
     @property
     def pad_colour(self) -> tuple[float, float, float]:

@@ -75,6 +75,8 @@ def make_batch(images: Sequence[torch.Tensor], config: PreprocessConfig) -> Batc
         divisor = config.size_divisor
         canvas_height = -(-max(heights) // divisor) * divisor
         canvas_width = -(-max(widths) // divisor) * divisor
+        if config.pad_min_size is not None:
+            canvas_height, canvas_width = max(canvas_height, config.pad_min_size[0]), max(canvas_width, config.pad_min_size[1])
     pad_colour = torch.tensor(config.pad_colour, dtype=torch.float32).view(3, 1, 1)
     batch = pad_colour.expand(len(images), 3, canvas_height, canvas_width).clone()
     for index, image in enumerate(resized):

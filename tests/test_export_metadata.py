@@ -58,7 +58,8 @@ def test_dynamic_export_pads_to_the_multiple_within_the_range() -> None:
     preprocess = export_preprocessing(config.preprocess, options)
     assert preprocess.pad_size is None and preprocess.scale == (1024, 1024)
     heights, widths = SizeRange(512, 768, 1024), SizeRange(512, 1024, 1344)
-    for height, width in [(480, 640), (640, 480), (427, 640), (1000, 1000)]:
+    # (200, 1200): a panorama whose resized height (171) pads to 192 < 512 without pad_min_size.
+    for height, width in [(480, 640), (640, 480), (427, 640), (1000, 1000), (200, 1200)]:
         _, _, padded_height, padded_width = batch_shape(preprocess, height, width)
         assert padded_height % 32 == padded_width % 32 == 0
         assert heights.min <= padded_height <= heights.max and widths.min <= padded_width <= widths.max

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,22 @@ def test_errors_name_the_argument(tmp_path, rectangle_dataset, capsys):
     assert "--batch-size" in capsys.readouterr().err
     assert main([*base, "--data", str(data), "--iterations", "0"]) == 2
     assert "--iterations" in capsys.readouterr().err
+
+
+def test_output_folder_faults_are_refused_before_any_work(tmp_path, rectangle_dataset, capsys) -> None:
+    """Training into a folder that holds another run (without --resume) would overwrite its
+    latest.pth and append to its log; into the dataset it would fill it with checkpoints."""
+    data = rectangle_dataset(splits={"train": 2, "val": 1}, class_names=["a", "b"])
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "train_log.jsonl").write_text("{}\n")
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+    base = ["train", "--config", str(config), "--data", str(data), "--iterations", "1", "--device", "cpu"]
+    assert main([*base, "--output", str(run_folder)]) == 2
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
+    assert main([*base, "--output", str(data / "runs")]) == 2
+    assert "is inside the dataset --data" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no training run" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+    assert (run_folder / "train_log.jsonl").read_text() == "{}\n"

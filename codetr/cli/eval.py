@@ -83,6 +83,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise NotADirectoryError(f"--output {args.output} exists and is not a folder")
     annotation_file, image_dir = _dataset_files(args)
     if args.detections is not None:
         results = load_results(args.detections)

@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from codetr.cli.common import device_type
 from codetr.config import load_config
 from codetr.training.trainer import AMP_DTYPES, TrainOptions, train
 
@@ -41,8 +42,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=0, help="val-split AP every n iterations and at the end (0: never)")
     parser.add_argument("--log-every", type=int, default=10, help="write a train_log.jsonl line every n iterations")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading processes per training process")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--device", type=device_type, default=None, help="cpu, cuda or cuda:N (default: cuda when available; torchrun: cuda:LOCAL_RANK)")
     return parser
+
+
+RUN_FILES = ("latest.pth", "train_log.jsonl")
+"""Files that mark a folder as a training run."""
+
+
+def check_output_folder(output: Path, data: Path, resume: bool) -> None:
+    """ValueError, before any work, for an --output that would mix runs or land in the data:
+    a folder holding files needs --resume (and a run to resume); --resume needs a run."""
+    output, data = output.resolve(), data.resolve()
+    if output == data or data in output.parents:
+        raise ValueError(f"--output {output} is inside the dataset --data {data}; choose a folder outside it")
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} exists and is not a folder")
+    holds_run = any((output / name).is_file() for name in RUN_FILES)
+    if resume and not holds_run:
+        raise FileNotFoundError(f"--resume: {output} holds no training run ({' or '.join(RUN_FILES)}) to resume")
+    if not resume and output.is_dir() and any(output.iterdir()):
+        what = "a training run" if holds_run else "other files"
+        raise ValueError(
+            f"--output {output} already holds {what}; pass --resume to continue that run, or choose a new or empty folder"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--log-every must be >= 1, got {args.log_every}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint not found: {args.checkpoint}")
+    check_output_folder(args.output, args.data, args.resume)
     options = TrainOptions(
         config=load_config(args.config),
         data=args.data,

@@ -55,9 +55,8 @@ def export_preprocessing(preprocess: PreprocessConfig, options: ExportOptions) -
     an image that would overflow the canvas (a portrait image on a landscape canvas) to fit.
     Dynamic: the keep-ratio resize limits are orientation-free (mmdet: long and short edge), so
     every image fits only when both limits are at most the smallest allowed maximum side; padded to
-    the next multiple of the size divisor (the exported multiple). An image of extreme aspect ratio
-    (e.g. a 1:6 panorama) then pads below a range's minimum and the runtimes' input check refuses
-    it naming the range, since PreprocessConfig cannot pad to at least a size.
+    the next multiple of the size divisor (the exported multiple), and at least to the ranges'
+    minimum (``pad_min_size``), so a landscape photo's short side never falls below the range.
     """
     if not options.is_dynamic:
         long_side, short_side = max(options.height, options.width), min(options.height, options.width)
@@ -66,7 +65,7 @@ def export_preprocessing(preprocess: PreprocessConfig, options: ExportOptions) -
     heights, widths = options.height_range, options.width_range
     largest = min(heights.max, widths.max)
     scale = (min(max(preprocess.scale), largest), min(min(preprocess.scale), largest))
-    return dataclasses.replace(preprocess, scale=scale, pad_size=None)
+    return dataclasses.replace(preprocess, scale=scale, pad_size=None, pad_min_size=(heights.min, widths.min))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from codetr.config import Config, NmsConfig, PreprocessConfig, TestConfig, load_config
+from codetr.contract.artifacts import ARTIFACTS
 from codetr.contract.metadata import MetadataError, metadata_path_for, read_metadata
 from codetr.postprocess import ImageDetections, postprocess
 from codetr.preprocess import make_batch
@@ -52,6 +53,12 @@ class Predictor:
         when no ``metadata.json`` lies beside it (it holds the pre-processing the exported input
         needs) and MetadataError (a ValueError) when it is malformed."""
         path = Path(path)
+        if path.is_dir():
+            found = sorted(spec.file_name for spec in ARTIFACTS.values() if (path / spec.file_name).is_file())
+            example = f", e.g. {path / found[0]}" if found else ""
+            raise IsADirectoryError(f"{path} is a folder: give a model file in it{example}")
+        if not path.is_file():
+            raise FileNotFoundError(f"no model file at {path}")
         metadata_path = metadata_path_for(path)
         if not metadata_path.is_file():
             raise FileNotFoundError(

@@ -126,6 +126,11 @@ def train(options: TrainOptions) -> TrainResult:
             raise FileNotFoundError(f"--resume: no {latest} to resume from")
         start = _restore(latest, model, optimizer, scheduler, scaler)
         total = schedule.total  # a time-limited run may have shortened it
+        if start >= total:
+            raise ValueError(
+                f"--resume: the run in {output} already finished ({start} of {total} iterations) and its learning-rate "
+                f"schedule has ended; to train further, start a new run with --checkpoint {latest}"
+            )
         logger.info("resumed from %s at iteration %d of %d", latest, start, total)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
