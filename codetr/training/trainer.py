@@ -159,58 +159,66 @@ def train(options: TrainOptions) -> TrainResult:
     iteration = start
     batches = iter(loader)
     clock = _TimeLimit(options.time_limit, start, world_size, device) if options.time_limit else None
-    while iteration < total:
-        batch = next(batches).to(device)
-        if device.type == "cuda":
-            batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
-        counts = _global_counts(batch.gt_labels, world_size, device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss, terms = trained(batch.images, batch.image_sizes, batch.gt_labels, batch.gt_boxes, batch.seeds, counts)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), config.train.clip_grad_max_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        iteration += 1
-        window_images += batch_size
-        progress.update(1)
-        if clock is not None:
-            fitted = clock.fit(iteration, total)
-            if fitted != total:
-                logger.info("--time-limit: %d iterations fit; the schedule now ends there", fitted)
-                total = schedule.total = meta["total_iterations"] = fitted
-                progress.total = total
+    try:
+        while iteration < total:
+            batch = next(batches).to(device)
+            if device.type == "cuda":
+                batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
+            counts = _global_counts(batch.gt_labels, world_size, device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss, terms = trained(batch.images, batch.image_sizes, batch.gt_labels, batch.gt_boxes, batch.seeds, counts)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), config.train.clip_grad_max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration += 1
+            window_images += batch_size
+            progress.update(1)
+            if clock is not None:
+                fitted = clock.fit(iteration, total)
+                if fitted != total:
+                    logger.info("--time-limit: %d iterations fit; the schedule now ends there", fitted)
+                    total = schedule.total = meta["total_iterations"] = fitted
+                    progress.total = total
 
-        if iteration % options.log_every == 0 or iteration == total:
-            values = _reduce_terms(loss, terms, world_size)
-            loss_value = values.pop("loss")
-            elapsed = time.perf_counter() - window_start
-            record = {"iteration": iteration, "loss": loss_value, **values, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "images_per_second": window_images / max(elapsed, 1e-9),
-                      "max_memory_gib": _max_memory_gib(device)}
-            if rank == 0:
-                with log_path.open("a") as file:
-                    file.write(json.dumps(record) + "\n")
-                progress.set_postfix(loss=f"{loss_value:.3f}", ips=f"{record['images_per_second']:.0f}")
-            window_start, window_images = time.perf_counter(), 0
-        save_now = options.save_every > 0 and iteration % options.save_every == 0
-        if save_now or iteration == total:
-            if rank == 0:
-                state = _checkpoint(model, optimizer, scheduler, scaler, iteration, meta)
-                if save_now:
-                    _save(state, output / f"iter_{iteration}.pth")
-                _save(state, latest)
-            _barrier(world_size)
-        if options.eval_every > 0 and (iteration % options.eval_every == 0 or iteration == total):
-            if rank == 0:
-                metrics = evaluate_model(model, config, resolve_split(options.data, "val"), device, workers=options.workers)
-                record = {"iteration": iteration, **{f"val/{k}": v for k, v in metrics.items()}}
-                with log_path.open("a") as file:
-                    file.write(json.dumps(record) + "\n")
-                progress.write(f"iteration {iteration}: AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")
-            _barrier(world_size)
+            if iteration % options.log_every == 0 or iteration == total:
+                values = _reduce_terms(loss, terms, world_size)
+                loss_value = values.pop("loss")
+                elapsed = time.perf_counter() - window_start
+                record = {"iteration": iteration, "loss": loss_value, **values, "lr": scheduler.get_last_lr()[0],
+                          "grad_norm": float(grad_norm), "images_per_second": window_images / max(elapsed, 1e-9),
+                          "max_memory_gib": _max_memory_gib(device)}
+                if rank == 0:
+                    with log_path.open("a") as file:
+                        file.write(json.dumps(record) + "\n")
+                    progress.set_postfix(loss=f"{loss_value:.3f}", ips=f"{record['images_per_second']:.0f}")
+                window_start, window_images = time.perf_counter(), 0
+            save_now = options.save_every > 0 and iteration % options.save_every == 0
+            if save_now or iteration == total:
+                if rank == 0:
+                    state = _checkpoint(model, optimizer, scheduler, scaler, iteration, meta)
+                    if save_now:
+                        _save(state, output / f"iter_{iteration}.pth")
+                    _save(state, latest)
+                _barrier(world_size)
+            if options.eval_every > 0 and (iteration % options.eval_every == 0 or iteration == total):
+                if rank == 0:
+                    metrics = evaluate_model(model, config, resolve_split(options.data, "val"), device, workers=options.workers)
+                    record = {"iteration": iteration, **{f"val/{k}": v for k, v in metrics.items()}}
+                    with log_path.open("a") as file:
+                        file.write(json.dumps(record) + "\n")
+                    progress.write(f"iteration {iteration}: AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")
+                _barrier(world_size)
+    except KeyboardInterrupt:
+        # Ctrl-C keeps the work done so far: the weights after the last finished step become
+        # latest.pth (resuming from it is not bit-exact if the interrupt hit mid-step).
+        if rank == 0 and iteration > start:
+            _save(_checkpoint(model, optimizer, scheduler, scaler, iteration, meta), latest)
+            progress.write(f"interrupted at iteration {iteration}: saved {latest} (continue with --resume)")
+        raise
     progress.close()
     if rank == 0:
         if metrics is not None:
