@@ -3,6 +3,6 @@
 Importing codetr registers ``torch.ops.codetr.msda`` (as importing torchvision registers its ops).
 """
 
-__version__ = "0.1.0"
+from codetr.contract.versions import CODETR_VERSION as __version__
 
-import codetr.ops  # noqa: E402,F401  (registers torch.ops.codetr.*)
+import codetr.ops  # noqa: F401  (registers torch.ops.codetr.*)

@@ -352,3 +352,25 @@ def write_rectangle_dataset(root, splits: dict[str, int], class_names, size=(64,
 def rectangle_dataset(tmp_path):
     """Factory fixture: ``rectangle_dataset(splits={"train": 4, "val": 2}, class_names=..., ...)``."""
     return lambda **options: write_rectangle_dataset(tmp_path / "data", **options)
+
+
+@pytest.fixture
+def pycocotools_stats():
+    """The independent reference: ``pycocotools_stats(annotation_file, results)`` -> the nine
+    COCOeval bbox stats (AP .. AR100), with pycocotools driven exactly as its README does."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def stats(annotation_file: Path, results: list[dict]) -> list[float]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ground_truth = COCO(str(annotation_file))
+            evaluator = COCOeval(ground_truth, ground_truth.loadRes(json.loads(json.dumps(results))), "bbox")
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        return list(evaluator.stats[:9])
+
+    return stats

@@ -8,7 +8,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -73,17 +72,6 @@ def jittered_detections(annotation_file: Path, seed: int) -> list[dict]:
     return results
 
 
-def pycocotools_stats(annotation_file: Path, results: list[dict]) -> np.ndarray:
-    """The reference: pycocotools exactly as its own README drives it."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO(str(annotation_file))
-        evaluator = COCOeval(ground_truth, ground_truth.loadRes(json.loads(json.dumps(results))), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator.stats
-
-
 def test_ground_truth_as_detections_scores_one(tmp_path: Path) -> None:
     annotation_file = write_coco(tmp_path / "gt.json", [[(3, [10, 10, 8, 8]), (7, [20, 30, 50, 40])], [(9, [0, 0, 120, 100])]])
     results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
@@ -106,7 +94,7 @@ def test_one_detection_at_iou_0625_hand_computed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_pycocotools_on_random_cases(tmp_path: Path, seed: int) -> None:
+def test_matches_pycocotools_on_random_cases(tmp_path: Path, seed: int, pycocotools_stats) -> None:
     annotation_file = write_coco(tmp_path / "gt.json", random_scene(seed))
     results = jittered_detections(annotation_file, seed)
     metrics = evaluate_detections(results, annotation_file)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
@@ -17,8 +15,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from codetr.data.coco import CocoDetection
 from codetr.evaluation.coco import BBOX_METRICS
@@ -30,17 +26,7 @@ def single_process(tiny_coco, tiny_predictor):
     return evaluate_model(tiny_predictor(), CocoDetection(*tiny_coco), batch_size=1, workers=0, progress=False)
 
 
-def pycocotools_stats(annotation_file: Path, results: list[dict]) -> list[float]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO(str(annotation_file))
-        evaluator = COCOeval(ground_truth, ground_truth.loadRes(json.loads(json.dumps(results))), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return list(evaluator.stats[:9])
-
-
-def test_eager_model_results_and_ap(tiny_coco, single_process) -> None:
+def test_eager_model_results_and_ap(tiny_coco, single_process, pycocotools_stats) -> None:
     results, metrics, stats = single_process
     assert stats.images == 5 and stats.images_skipped == 0 and stats.images_per_second > 0
     assert len(results) == 5 * 20  # tiny.toml max_per_img; score threshold 0 keeps every detection
@@ -62,7 +48,9 @@ def test_score_threshold_drops_detections(tiny_coco, tiny_predictor, single_proc
     assert results == [entry for entry in single_process[0] if entry["score"] > 0.5]
 
 
-def test_unreadable_images_are_named_skipped_and_counted(tmp_path: Path, make_tiny_coco, tiny_predictor, caplog) -> None:
+def test_unreadable_images_are_named_skipped_and_counted(
+    tmp_path: Path, make_tiny_coco, tiny_predictor, caplog, pycocotools_stats
+) -> None:
     annotation_file, image_dir = make_tiny_coco(tmp_path, images=4)
     (image_dir / "0002.png").write_bytes(b"not a png")
     (image_dir / "0003.png").unlink()

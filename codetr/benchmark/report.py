@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import platform
 from collections.abc import Sequence
@@ -23,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-import codetr
 from codetr.atomic import atomic_path
 from codetr.benchmark.measure import PEAK_MEMORY_SOURCES
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped
+from codetr.contract.versions import library_versions
 
 
 def device_name(device: torch.device) -> str:
@@ -42,21 +41,6 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "codetr": codetr.__version__,
-    }
-    for package in ("onnxruntime", "onnxruntime-gpu", "tensorrt"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
-
-
 def to_document(
     outcomes: Sequence[BenchResult | Skipped], settings: BenchSettings, eager_dtype: str
 ) -> dict[str, object]:
@@ -66,7 +50,7 @@ def to_document(
     return {
         "header": {
             "device": {name: device_name(torch.device(name)) for name in devices},
-            "versions": versions(),
+            "versions": {**library_versions(("onnxruntime", "onnxruntime-gpu", "tensorrt")), "cuda": torch.version.cuda},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "iterations": settings.iterations,
             "warmup": settings.warmup,

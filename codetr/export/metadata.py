@@ -9,8 +9,6 @@ opset actually in the ONNX file, which artifacts were built and which were skipp
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import onnx
 import torch
 from torch.export import ExportedProgram
 
-import codetr
 from codetr.config import Config, PreprocessConfig
 from codetr.contract.artifacts import Artifact
 from codetr.contract.io import INPUT_NAMES, OUTPUT_NAMES
@@ -123,17 +120,6 @@ def onnx_facts(path: Path) -> dict[str, int]:
     """{opset, ir_version} as written in the ONNX file at ``path`` (weights not loaded)."""
     model = onnx.load(str(path), load_external_data=False)
     return {"opset": default_opset(model), "ir_version": int(model.ir_version)}
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python, codetr and the export toolchain."""
-    versions = {"python": platform.python_version(), "codetr": codetr.__version__, "torch": torch.__version__}
-    for package in ("onnx", "onnxscript"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def build_metadata(

@@ -29,8 +29,9 @@ from codetr.atomic import atomic_path
 from codetr.config import Config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode
 from codetr.contract.metadata import METADATA_NAME, write_metadata
+from codetr.contract.versions import library_versions
 from codetr.export.aoti_package import compile_package
-from codetr.export.metadata import build_metadata, library_versions
+from codetr.export.metadata import build_metadata
 from codetr.export.onnx_model import save_onnx, to_onnx
 from codetr.export.options import ExportOptions
 from codetr.export.postprocess import wrap_for_export
@@ -165,7 +166,7 @@ def _export_into(
 ) -> ExportResult:
     stages = StageLog()
     files: dict[Artifact, Path] = {}
-    versions = library_versions()
+    versions = library_versions(("onnx", "onnxscript"))
 
     def path_of(artifact: Artifact) -> Path:
         return folder / ARTIFACTS[artifact].file_name
