@@ -8,12 +8,15 @@
 #              float16, at batch 1 and 8 -> $OUT/bench_r50.{json,png}
 #   dynamic    dynamic height/width (512..1344) export: torch.export + ONNX + aoti, timed with
 #              whatever time is left of the budget (stage times are logged as they finish)
-#   swin       (not in the default STEPS) Swin-L static batch 1 aoti export + bench -> $OUT/bench_swin_l.*
+#   swin       (not in the default STEPS) Swin-L static batch 1 aoti export (at most SWIN_EXPORT_S, default 240 s)
+#              + bench, eager float16 and bfloat16 beside it -> $OUT/bench_swin_l.*; export_swin and
+#              bench_swin are its two halves (e.g. compile while the GPU is busy, time when it is free)
 #   tests      (not in the default STEPS) the AOTInductor tests on the GPU, the CUDA-graph replay test
 #              included (it compiles the tiny model for CUDA)
 # Logs and results go to $OUT (default: a temporary folder); a summary is printed at the end.
 # A dynamic export that needs more than the time left: STEPS=dynamic BUDGET_S=400 bash scripts/gpu_aoti_bench.sh
-# Environment: STEPS (default "export_b1 export_b8 bench dynamic"), BUDGET_S (default 520): every step
+# Environment: WORK (the exports' folder, default a temporary one), PROFILE (non-empty: benches with --profile, where the GPU time goes), STEPS (default
+# "export_b1 export_b8 bench dynamic"), BUDGET_S (default 520): every step
 # runs under a timeout taken from what is left of it (an export at most 240 s, 150 s kept for the
 # bench; the dynamic export gets the rest), ITERATIONS (50), WARMUP (10), PYTHON (python3); for a dry
 # run of the script itself: CONFIG (the R50 config), DEVICE (cuda), HEIGHT (768), WIDTH (1152),
@@ -23,7 +26,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
-WORK="$(mktemp -d)"
+# WORK: where the exports go; a given one is kept (a later run with STEPS=bench reuses it), the
+# default temporary one is removed at the end.
+WORK_GIVEN="${WORK:-}"
+WORK="${WORK:-$(mktemp -d)}"
+mkdir -p "$WORK"
 PYTHON="${PYTHON:-python3}"
 STEPS="${STEPS:-export_b1 export_b8 bench dynamic}"
 BUDGET_S="${BUDGET_S:-520}"
@@ -61,6 +68,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 # torch; the H100 machine's /opt/gcc links it statically (an extension built with it crashed, 2026-11-22).
 if [[ -x /usr/bin/g++ ]]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
 
+profile=()
+[[ -n "${PROFILE:-}" ]] && profile=(--profile)
 export_cmd=("$PYTHON" -m codetr export --config "$R50" --dtype float16 --device "$DEVICE" "${SIZE[@]}")
 
 wants export_b1 && step export_b1 "$(left 150 240)" "${export_cmd[@]}" --output "$WORK/r50_b1" --artifacts exported_program,aoti
@@ -73,15 +82,17 @@ if wants bench; then
   done
   step bench "$(left 0 300)" "$PYTHON" -m codetr bench "${artifacts[@]}" eager:float32 eager:float16 --config "$R50" \
     "${SIZE[@]}" --batch-sizes 1,8 --cuda-graph both --iterations "$ITERATIONS" --warmup "$WARMUP" \
-    --json "$OUT/bench_r50.json" --plot "$OUT/bench_r50.png"
+    "${profile[@]}" --json "$OUT/bench_r50.json" --plot "$OUT/bench_r50.png"
 fi
 
-if wants swin; then
-  step export_swin "$(left 60 240)" "$PYTHON" -m codetr export --config "$SWIN" --dtype float16 --device cuda "${SIZE[@]}" \
+if wants swin || wants export_swin; then
+  step export_swin "$(left 60 "${SWIN_EXPORT_S:-240}")" "$PYTHON" -m codetr export --config "$SWIN" --dtype float16 --device cuda "${SIZE[@]}" \
     --output "$WORK/swin_b1" --artifacts aoti
+fi
+if wants swin || wants bench_swin; then
   [[ -f "$WORK/swin_b1/model_aoti.pt2" ]] && step bench_swin "$(left 0 120)" "$PYTHON" -m codetr bench \
-    "$WORK/swin_b1/model_aoti.pt2" eager:float16 --config "$SWIN" "${SIZE[@]}" --batch-sizes 1 --cuda-graph both \
-    --iterations "$ITERATIONS" --warmup "$WARMUP" --json "$OUT/bench_swin_l.json" --plot "$OUT/bench_swin_l.png"
+    "$WORK/swin_b1/model_aoti.pt2" eager:float16 eager:bfloat16 --config "$SWIN" "${SIZE[@]}" --batch-sizes 1 --cuda-graph both \
+    --iterations "$ITERATIONS" --warmup "$WARMUP" "${profile[@]}" --json "$OUT/bench_swin_l.json" --plot "$OUT/bench_swin_l.png"
 fi
 
 wants tests && step tests "$(left 0 300)" "$PYTHON" -m pytest -q -rfEs tests/test_runtime_aoti.py
@@ -118,4 +129,4 @@ for skipped in document["skipped"]:
 EOF
 done
 echo "logs, JSON and plots: $OUT"
-rm -rf "$WORK"
+[[ -z "$WORK_GIVEN" ]] && rm -rf "$WORK"

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CXX="${CXX:-/usr/bin/g++}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
-jobs="$(nproc)"
+jobs="${JOBS:-$(nproc)}"  # JOBS: parallel compile jobs (default: every core)
 
 echo "== machine"
 nvidia-smi -L || true

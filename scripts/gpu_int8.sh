@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # INT8 on the reference model, on one GPU: COCO AP of FP32, FP16 and INT8 (ModelOpt calibration, the
-# exported fake-quant ExportedProgram), then the per-group sensitivity table.
+# exported fake-quant ExportedProgram; the QDQ ONNX in ONNX Runtime on the CPU), then the per-group sensitivity table.
 # Usage:  bash scripts/gpu_int8.sh CHECKPOINT DATA
 #   CHECKPOINT  the reference Co-DINO checkpoint (official mmdet or codetr)
 #   DATA        COCO-format dataset folder (annotations/instances_val2017.json + val2017/, or the generated layout)
 # Environment: CONFIG (default configs/co_dino_5scale_r50_lsj_8xb2_1x_coco.toml), WORK (default out/gpu_int8),
 #   IMAGES (val images for the AP table, default 500), SENS_IMAGES (val images per sensitivity row, default 100),
 #   CALIB (calibration images: folder or COCO dataset, default DATA), CALIB_SPLIT (default train, val when DATA
-#   has no train split), CALIB_IMAGES (default 256), PYTHON.
+#   has no train split), CALIB_IMAGES (default 256), ONNX_IMAGES (val images for the QDQ ONNX in ONNX Runtime on
+#   the CPU, default 100; 0 skips it), PYTHON.
 # Offline machines install pycocotools and ModelOpt from ./.whl when it exists (nvidia-modelopt 0.47 and its
 # dependencies except torch, for Python 3.12: pip download --no-deps --only-binary=:all: --python-version 3.12 ...).
 # Prints: one AP line per precision, the sensitivity table (Markdown), and the files under WORK.
@@ -23,6 +24,7 @@ SENS_IMAGES="${SENS_IMAGES:-100}"
 CALIB="${CALIB:-$DATA}"
 CALIB_IMAGES="${CALIB_IMAGES:-256}"
 DEVICE="${DEVICE:-cuda}"
+ONNX_IMAGES="${ONNX_IMAGES:-100}"
 read -r -a EXPORT_ARGS <<< "${EXPORT_ARGS:-}"  # extra codetr export options, e.g. "--height 640 --width 640"
 started=$(date +%s)
 stamp() { echo "===== $* ($(( $(date +%s) - started )) s)"; }
@@ -44,8 +46,9 @@ if [[ "$DEVICE" == cuda ]] && ! "$PYTHON" -c "import torch, codetr.ops; assert t
 fi
 
 rm -rf "$WORK" && mkdir -p "$WORK"
-# The first IMAGES images of the val split as their own dataset, so every row scores the same images.
-"$PYTHON" - "$DATA" "$WORK/val" "$IMAGES" <<'PY'
+# The first COUNT images of the val split as their own dataset, so every row scores the same images.
+val_subset() {  # val_subset FOLDER COUNT
+"$PYTHON" - "$DATA" "$1" "$2" <<'PY'
 import json, sys
 from pathlib import Path
 from codetr.data.coco import resolve_dataset
@@ -60,6 +63,8 @@ data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
 (subset / "val").symlink_to(image_dir.resolve())
 print(f"val subset: {len(data['images'])} images, {len(data['annotations'])} annotations from {annotation_file}")
 PY
+}
+val_subset "$WORK/val" "$IMAGES"
 if [[ -z "${CALIB_SPLIT:-}" ]]; then
   CALIB_SPLIT=train
   if [[ -d "$CALIB/annotations" ]] && ! ls "$CALIB"/annotations/instances_train*.json >/dev/null 2>&1; then
@@ -82,16 +87,34 @@ stamp "export INT8 (ModelOpt calibration on $CALIB_IMAGES images, fake-quant Exp
   --calibration-images "$CALIB_IMAGES" "${EXPORT_ARGS[@]}"
 evaluate int8 --model "$WORK/export_int8/model.pt2"
 
+onnx_eval=0
+if (( ONNX_IMAGES > 0 )); then
+  stamp "export the INT8 QDQ ONNX (float32, MSDA plugin node; ModelOpt calibration as above)"
+  "$PYTHON" -m codetr export --config "$CONFIG" --checkpoint "$CHECKPOINT" --output "$WORK/export_int8_onnx" --dtype float32 \
+    --artifacts onnx --device "$DEVICE" --int8 --calibration-data "$CALIB" --calibration-split "$CALIB_SPLIT" \
+    --calibration-images "$CALIB_IMAGES" "${EXPORT_ARGS[@]}"
+  val_subset "$WORK/val_onnx" "$ONNX_IMAGES"
+  stamp "eval the QDQ ONNX in ONNX Runtime on the CPU, first $ONNX_IMAGES images, in the background (against eager float32 on the CPU)"
+  "$PYTHON" -m codetr eval --config "$CONFIG" --checkpoint "$CHECKPOINT" --model "$WORK/export_int8_onnx/model.onnx" \
+    --data "$WORK/val_onnx" --device cpu --workers 4 --output "$WORK/eval_int8_onnx" > "$WORK/eval_int8_onnx.log" 2>&1 &
+  onnx_eval=$!
+fi
+
 stamp "sensitivity ($SENS_IMAGES images per row, float16)"
 "$PYTHON" -m codetr quantize-sensitivity --config "$CONFIG" --checkpoint "$CHECKPOINT" --data "$WORK/val" \
   --max-images "$SENS_IMAGES" --dtype float16 --device "$DEVICE" --workers 4 --calibration-data "$CALIB" \
   --calibration-split "$CALIB_SPLIT" --calibration-images "$CALIB_IMAGES" --output "$WORK/sensitivity.json"
 
+if (( onnx_eval )); then
+  wait "$onnx_eval" || echo "the ONNX Runtime eval failed:"
+  tail -25 "$WORK/eval_int8_onnx.log"
+fi
+
 stamp "summary"
 "$PYTHON" - "$WORK" <<'PY'
 import json, pathlib, sys
 work = pathlib.Path(sys.argv[1])
-for label in ("fp32", "fp16", "int8"):
+for label in ("fp32", "fp16", "int8", "int8_onnx"):
     for metrics in sorted((work / f"eval_{label}").rglob("metrics.json")):
         document = json.loads(metrics.read_text())
         print(f"{label}: AP {100 * document['bbox']['AP']:.2f}  AP50 {100 * document['bbox']['AP50']:.2f}  "

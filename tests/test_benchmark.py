@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from codetr.benchmark.measure import LatencyStats, PeakMemory, time_calls
+from codetr.benchmark.profile import KernelTime, kernel_group, summarise_kernels
 from codetr.benchmark.targets import CudaGraphMode, parse_targets
 from codetr.cli import main
 from codetr.contract.artifacts import Artifact
@@ -54,6 +55,54 @@ def test_cpu_peak_memory_sees_a_large_allocation() -> None:
     after = memory.read()
     del block
     assert after - before >= 60 / 1024
+
+
+def test_kernel_profile_sums_per_call_by_kernel_and_group() -> None:
+    # 10 model calls; hand-computed per call: MSDA 300 us / 10 = 0.030 ms in 1 launch, the GEMM
+    # 0.020 ms in 2, the Triton add recorded twice under one name (30 + 20 us) 0.005 ms in 2.
+    records = [
+        ("void codetr::msda::forward_kernel<__half, float, 8>(codetr::msda::Problem)", 300.0, 10),
+        ("sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x64", 200.0, 20),
+        ("triton_per_fused_native_layer_norm_3", 50.0, 10),
+        ("triton_poi_fused_add_1", 30.0, 10),
+        ("triton_poi_fused_add_1", 20.0, 10),
+        ("a_kernel_of_no_known_kind", 10.0, 10),
+    ]
+    profile = summarise_kernels(records, calls=10)
+    assert profile.calls == 10 and profile.total_ms_per_call == pytest.approx(0.061)
+    groups = {group.name: (group.ms_per_call, group.launches_per_call) for group in profile.groups}
+    assert groups == pytest.approx({
+        "MSDA (codetr::msda)": (0.030, 1), "GEMM": (0.020, 2), "normalization": (0.005, 1),
+        "fused elementwise / reduction (Triton)": (0.005, 2), "other": (0.001, 1),
+    })
+    assert [group.name for group in profile.groups[:2]] == ["MSDA (codetr::msda)", "GEMM"]
+    assert [kernel.name for kernel in profile.kernels[:2]] == [records[0][0], records[1][0]]
+    assert KernelTime("triton_poi_fused_add_1", pytest.approx(0.005), 2) in profile.kernels
+    assert len(profile.kernels) == 5
+    assert kernel_group("cudnn::detail::implicit_convolve_sgemm") == "convolution"
+    assert kernel_group("at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>") == \
+        "elementwise / reduction (ATen)"
+    with pytest.raises(ValueError, match="calls must be at least 1"):
+        summarise_kernels(records, calls=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_profile_without_a_gpu_is_refused(capsys) -> None:
+    assert main(["bench", "eager", "--config", str(TINY), "--profile"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --profile records CUDA kernels") and "Traceback" not in error
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_profile_of_the_tiny_model_on_the_gpu(tmp_path: Path, capsys) -> None:
+    document = tmp_path / "bench.json"
+    assert main(["bench", "eager:float16", "--config", str(TINY), "--profile", "--iterations", "3", "--warmup", "1",
+                 "--json", str(document)]) == 0
+    profile = json.loads(document.read_text())["results"][0]["profile"]
+    groups = {group["name"]: group["ms_per_call"] for group in profile["groups"]}
+    assert groups["MSDA (codetr::msda)"] > 0
+    assert sum(groups.values()) == pytest.approx(profile["total_ms_per_call"])
+    assert "GPU kernel time of eager float16" in capsys.readouterr().out
 
 
 def test_cuda_graph_both_measures_cuda_packages_twice(tiny_aoti_export: Path, tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ JSON document::
     results  one object per measured point: artifact (the path or "eager"), label, cuda_graph,
              batch_size, input_shape [B, 3, H, W], dtype, device,
              latency_ms {min, median, p90, p99, max}, images_per_second, peak_memory_gib (null when
-             not measurable), end_to_end {ms_per_image, images_per_second, images, workers} or null
+             not measurable), end_to_end {ms_per_image, images_per_second, images, workers} or null,
+             profile {calls, total_ms_per_call, groups, kernels: [{name, ms_per_call,
+             launches_per_call}]} or null (``--profile``)
     skipped  artifact, label, batch_size, reason, failed: each point that was not measured
 """
 
@@ -70,6 +72,7 @@ def to_document(
                 "images_per_second": result.images_per_second,
                 "peak_memory_gib": result.peak_memory_gib,
                 "end_to_end": dataclasses.asdict(result.end_to_end) if result.end_to_end else None,
+                "profile": dataclasses.asdict(result.profile) if result.profile else None,
             }
             for result in results
         ],
@@ -121,6 +124,30 @@ def format_table(outcomes: Sequence[BenchResult | Skipped]) -> str:
     for outcome in outcomes:
         if isinstance(outcome, Skipped):
             lines.append(f"skipped {outcome.target.label}, batch {outcome.batch_size}: {outcome.reason}")
+    for result in results:
+        if result.profile is not None:
+            lines += ["", format_profile(result)]
+    return "\n".join(lines)
+
+
+def format_profile(result: BenchResult) -> str:
+    """The GPU time of ``result``'s profile by kernel group, then its largest kernels."""
+    profile = result.profile
+    total = profile.total_ms_per_call
+    lines = [
+        f"GPU kernel time of {result.target.label}, batch {result.batch_size}: {total:.3f} ms per call "
+        f"(median latency {result.latency_ms.median:.3f} ms; {profile.calls} calls recorded)",
+        "| group | ms per call | share | launches per call |",
+        "|---|---:|---:|---:|",
+    ]
+    for group in profile.groups:
+        share = group.ms_per_call / total if total else 0.0
+        lines.append(f"| {group.name} | {group.ms_per_call:.3f} | {share:.1%} | {group.launches_per_call:g} |")
+    lines += ["| largest kernels | | | |"]
+    for kernel in profile.kernels:
+        name = kernel.name if len(kernel.name) <= 90 else kernel.name[:87] + "..."
+        share = kernel.ms_per_call / total if total else 0.0
+        lines.append(f"| `{name}` | {kernel.ms_per_call:.3f} | {share:.1%} | {kernel.launches_per_call:g} |")
     return "\n".join(lines)
 
 

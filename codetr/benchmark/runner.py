@@ -4,7 +4,8 @@ Targets are loaded one at a time (the previous one is released first, so peak me
 target's own). At each batch size the model-only latency is measured on random images of the
 target's input size (uniform integers 0-255, ``image_sizes`` the full canvas; seed 0) that already
 lie on the runtime's device; with image paths, also the end-to-end time per image: decoding in
-DataLoader workers, pre-processing, model and post-processing (:class:`Predictor`).
+DataLoader workers, pre-processing, model and post-processing (:class:`Predictor`); with
+``profile``, where the GPU time goes (:mod:`codetr.benchmark.profile`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from codetr.benchmark.measure import LatencyStats, PeakMemory, time_calls
+from codetr.benchmark.profile import KernelProfile, profile_calls
 from codetr.benchmark.targets import Target, input_size, load_target, unsupported_batch
 from codetr.data.images import image_loader
 from codetr.runtime.predictor import Predictor
@@ -30,7 +32,8 @@ logger = logging.getLogger(__name__)
 class BenchSettings:
     """How to measure: timed ``iterations`` after ``warmup`` calls per point; ``height``/``width``
     override the input size; ``images``: files for the end-to-end time (empty: none), decoded
-    by ``workers`` DataLoader workers. The rest is how targets load (:func:`load_target`)."""
+    by ``workers`` DataLoader workers; ``profile``: also record each point's GPU kernels. The rest
+    is how targets load (:func:`load_target`)."""
 
     batch_sizes: tuple[int, ...] = (1,)
     iterations: int = 50
@@ -43,6 +46,7 @@ class BenchSettings:
     checkpoint: Path | None = None
     device: str | None = None
     allow_tf32: bool = False
+    profile: bool = False
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(size < 1 for size in self.batch_sizes):
@@ -84,6 +88,7 @@ class BenchResult:
     peak_memory_gib: float | None
     peak_memory_source: str
     end_to_end: EndToEnd | None = None
+    profile: KernelProfile | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +160,7 @@ def measure_point(
     memory.reset()
     timing = time_calls(lambda: runtime(images, image_sizes), device, settings.warmup, settings.iterations)
     peak = memory.read()
+    profile = profile_calls(lambda: runtime(images, image_sizes), device) if settings.profile else None
     del images, image_sizes
     end_to_end = None
     if settings.images:
@@ -170,6 +176,7 @@ def measure_point(
         peak_memory_gib=peak,
         peak_memory_source=memory.source,
         end_to_end=end_to_end,
+        profile=profile,
     )
     logger.info(
         "%s, batch %d: median %.2f ms, %.1f images/s", target.label, batch_size, result.latency_ms.median,

@@ -56,6 +56,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding --images (default: %(default)s)")
     parser.add_argument("--device", help="device to run on (default: each artifact's own; eager: cuda if available)")
     parser.add_argument("--allow-tf32", action="store_true", help="let eager float32 use TF32 on the GPU (default: IEEE float32)")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also record each point's CUDA kernels (torch.profiler) and print where the GPU time goes, by kernel "
+        "group and largest kernels; CUDA devices only (default: off)",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here (default: not written)")
     parser.add_argument("--plot", type=Path, help="write latency and throughput vs batch size here (.png, .svg, .pdf; default: not drawn)")
     return parser
@@ -86,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--device {args.device!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: no CUDA GPU is visible to torch; use --device cpu")
+    if args.profile and not torch.cuda.is_available():
+        raise ValueError("--profile records CUDA kernels and needs a CUDA GPU; none is visible to torch")
     settings = BenchSettings(
         batch_sizes=parse_batch_sizes(args.batch_sizes),
         iterations=args.iterations,
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         device=args.device,
         allow_tf32=args.allow_tf32,
+        profile=args.profile,
     )
     targets = parse_targets(args.artifacts, args.dtype, CudaGraphMode(args.cuda_graph))
     if any(target.path is None for target in targets) and args.config is None:
