@@ -5,6 +5,7 @@ These tests build no model and export nothing, so they take well under a second 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
@@ -17,6 +18,7 @@ from codetr.atomic import atomic_path
 from codetr.cli import main
 from codetr.config import load_config
 from codetr.contract.artifacts import CompileMode
+from codetr.contract.metadata import read_metadata
 from codetr.export import Artifact, DimRange, ExportError, ExportOptions, MsdaMode
 from codetr.export.program import (
     check_input_sizes,
@@ -59,6 +61,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ({"embed_plugin": True, "artifacts": (Artifact.ONNX,)}, "embed_plugin: only an engine"),
         ({"torch_tensorrt": "hybrid"}, r"torch_tensorrt must be None or a CompileMode \(hybrid, full\)"),
         ({"torch_tensorrt": CompileMode.FULL, "msda": MsdaMode.DECOMPOSED}, "msda 'decomposed' has none"),
+        ({"aoti_configs": {"freezing": True}}, "only the AOTInductor package is compiled by Inductor"),
+        ({"artifacts": (Artifact.AOTI,), "aoti_configs": {"no_such_setting": 1}}, "'no_such_setting' is not a setting"),
+        ({"artifacts": (Artifact.AOTI,), "aoti_configs": {"freezing": "yes"}}, "freezing takes a bool"),
     ],
 )
 def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
@@ -151,6 +156,8 @@ def test_dim_range_parse() -> None:
         (["--device", "cuda:7"] if torch.cuda.device_count() else ["--device", "cuda"],
          "argument --device: cuda"),
         (["--device", "gpu0"], "argument --device: 'gpu0' is not a device"),
+        (["--aoti-config", "freezing"], "--aoti-config takes KEY=VALUE (e.g. freezing=true), got 'freezing'"),
+        (["--artifacts", "aoti", "--aoti-config", "freezing=maybe"], "freezing takes a bool (default False), got 'maybe'"),
     ],
 )
 def test_cli_rejects_bad_arguments(capsys, tmp_path: Path, args: list[str], message: str) -> None:
@@ -244,3 +251,22 @@ def test_help_shows_every_default(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "many times slower than float32 on a CPU" in " ".join(capsys.readouterr().out.split())
+
+
+def test_aoti_configs_reach_the_compile_and_the_metadata(tmp_path: Path, monkeypatch) -> None:
+    compiled = {}
+
+    def compile_package(program, path, inductor_configs=None):
+        compiled.update(inductor_configs)
+        Path(path).write_bytes(b"not a package: the compile itself is tested in test_runtime_aoti.py")
+        return path
+
+    monkeypatch.setattr("codetr.export.pipeline.compile_package", compile_package)
+    output = tmp_path / "out"
+    assert main(["export", "--config", str(TINY), "--height", "64", "--width", "96", "--dtype", "float32",
+                 "--artifacts", "aoti", "--aoti-config", "freezing=true", "--aoti-config", "max_autotune_gemm_backends=ATEN",
+                 "--aoti-config", "realize_reads_threshold=4", "--output", str(output)]) == 0
+    expected = {"freezing": True, "max_autotune_gemm_backends": "ATEN", "realize_reads_threshold": 4}
+    assert compiled == expected
+    read_metadata(output / "metadata.json")  # the reader accepts it
+    assert json.loads((output / "metadata.json").read_text())["options"]["aoti_configs"] == expected

@@ -108,6 +108,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         + ", ".join(f"{str(dtype).removeprefix('torch.')} {opset}"
                                     for dtype, opset in MIN_OPSET_FOR_DTYPE.items())
                         + f"; with --int8 and a half dtype at least {MIN_HALF_OPSET}; at most {MAX_OPSET})")
+    parser.add_argument("--aoti-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a torch._inductor.config setting for the AOTInductor compile, e.g. freezing=true or "
+                        "max_autotune=true (repeatable; values true/false, numbers or text) (default: Inductor's)")
     parser.add_argument("--timing-cache", type=Path, default=DEFAULT_TIMING_CACHE,
                         help="TensorRT timing cache, reused and updated (default: %(default)s)")
     add_int8_arguments(parser, for_export=True)
@@ -172,6 +175,29 @@ def _torch_tensorrt_mode(text: str | None, device: torch.device) -> CompileMode 
     return CompileMode(text)
 
 
+def parse_aoti_configs(settings: list[str]) -> dict[str, object]:
+    """``--aoti-config KEY=VALUE`` settings as a dict: true/false as booleans, then integers,
+    then floats, else the text. Raises ValueError for a setting without '='."""
+    configs: dict[str, object] = {}
+    for setting in settings:
+        key, separator, text = setting.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"--aoti-config takes KEY=VALUE (e.g. freezing=true), got {setting!r}")
+        configs[key.strip()] = _setting_value(text.strip())
+    return configs
+
+
+def _setting_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _opset(args: argparse.Namespace) -> int | None:
     """--opset, or for --int8 in a half dtype the first opset whose Q/DQ take it (None: the default)."""
     if args.opset is None and args.int8 and DTYPES[args.dtype] != torch.float32:
@@ -205,6 +231,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             postprocess=PostprocessMode(args.postprocess),
             score_threshold=score_threshold_for(PostprocessMode(args.postprocess), args.score_threshold, config),
             msda_choice=choice.reason,
+            aoti_configs=parse_aoti_configs(args.aoti_config),
         )
     except ValueError as error:
         raise ValueError(f"{error} (see codetr export --help)") from None

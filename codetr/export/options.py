@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -66,6 +67,8 @@ class ExportOptions:
     mode. ``skipped``: artifacts deliberately not built, with the reason (recorded in metadata).
     ``postprocess``: post-processing traced into the graph (:mod:`codetr.contract.postprocess`),
     keeping scores > ``score_threshold``. ``msda_choice``: why ``msda`` was chosen (``--msda auto``).
+    ``aoti_configs``: ``torch._inductor.config`` settings for the AOTInductor compile only (e.g.
+    ``{"freezing": True}``); keys must be Inductor's, values of the setting's type.
     """
 
     dtype: torch.dtype = torch.float16
@@ -88,6 +91,7 @@ class ExportOptions:
     postprocess: PostprocessMode = PostprocessMode.NONE
     score_threshold: float = 0.0
     msda_choice: str = "requested"
+    aoti_configs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES.values():
@@ -115,6 +119,7 @@ class ExportOptions:
             )
         self._check_opset()
         self._check_torch_tensorrt()
+        self._check_aoti_configs()
         _check_postprocess(self)
         for name, size, extent in (
             ("height", self.height, self.dynamic_height),
@@ -161,6 +166,23 @@ class ExportOptions:
                 "use msda 'plugin'"
             )
 
+    def _check_aoti_configs(self) -> None:
+        if not self.aoti_configs:
+            return
+        if Artifact.AOTI not in self.artifacts:
+            raise ValueError("aoti_configs: only the AOTInductor package is compiled by Inductor; add 'aoti' to the artifacts")
+        import torch._inductor.config
+
+        defaults = torch._inductor.config.get_config_copy()
+        for key, value in self.aoti_configs.items():
+            if key not in defaults:
+                raise ValueError(f"aoti_configs: {key!r} is not a setting of torch._inductor.config (torch {torch.__version__})")
+            expected = type(defaults[key])
+            if defaults[key] is not None and not isinstance(value, expected):
+                raise ValueError(
+                    f"aoti_configs: {key} takes a {expected.__name__} (default {defaults[key]!r}), got {value!r}"
+                )
+
     @property
     def onnx_opset(self) -> int:
         """The opset the ONNX file is written in: ``opset``, else the lowest ``dtype`` allows."""
@@ -201,6 +223,7 @@ class ExportOptions:
             "torch_tensorrt": self.torch_tensorrt.value if self.torch_tensorrt else None,
             "postprocess": self.postprocess.value,
             "score_threshold": self.score_threshold,
+            "aoti_configs": dict(self.aoti_configs),
         }
 
 

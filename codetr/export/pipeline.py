@@ -212,7 +212,7 @@ def _export_into(
     if Artifact.AOTI in options.artifacts:
         with stages.stage("aoti package") as record:
             record.path = files[Artifact.AOTI] = path_of(Artifact.AOTI)
-            compile_package(program, record.path)
+            compile_package(program, record.path, options.aoti_configs)
 
     partition = None
     if options.torch_tensorrt is not None:
