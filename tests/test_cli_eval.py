@@ -104,6 +104,53 @@ def test_unreadable_images_are_counted_in_metrics_json(tmp_path: Path, make_tiny
     assert (metrics["images"], metrics["images_skipped"], metrics["skipped"]) == (2, 1, ["0002.png"])
 
 
+def test_an_earlier_run_in_output_is_refused_unless_overwrite_replaces_it(tmp_path: Path, tiny_coco, capsys) -> None:
+    """Never metrics.json of this run beside an earlier run's comparison.json or model folders."""
+    annotation_file, _ = tiny_coco
+    detections = tmp_path / "results.json"
+    detections.write_text(json.dumps(ground_truth_as_results(annotation_file)))
+    output = tmp_path / "out"
+    (output / "eager").mkdir(parents=True)
+    (output / "comparison.json").write_text("{}")  # an earlier comparison of several models
+    command = ["eval", "--detections", str(detections), "--annotations", str(annotation_file), "--output", str(output)]
+    assert main(command) == 2
+    assert f"--output {output} is not empty (holds comparison.json, eager); choose a new or empty folder, or pass " \
+        "--overwrite" in capsys.readouterr().err
+    assert sorted(path.name for path in output.iterdir()) == ["comparison.json", "eager"]
+    assert main([*command, "--overwrite"]) == 0
+    assert sorted(path.name for path in output.iterdir()) == ["metrics.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "results.json"]  # no staging folder left
+
+
+def test_output_holding_an_input_is_refused(tmp_path: Path, tiny_coco, capsys) -> None:
+    annotation_file, _ = tiny_coco
+    output = tmp_path / "out"
+    output.mkdir()
+    detections = output / "results.json"
+    detections.write_text(json.dumps(ground_truth_as_results(annotation_file)))
+    error = run_failing(["eval", "--detections", str(detections), "--annotations", str(annotation_file),
+                         "--output", str(output), "--overwrite"], capsys)
+    assert f"--output {output} holds the input {detections}" in error
+    assert detections.is_file()
+
+
+def test_interrupted_writing_leaves_the_output_as_it_was(tmp_path: Path, tiny_coco, monkeypatch, capsys) -> None:
+    import codetr.cli.eval as eval_command
+
+    annotation_file, _ = tiny_coco
+    detections = tmp_path / "results.json"
+    detections.write_text(json.dumps(ground_truth_as_results(annotation_file)))
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "metrics.json").write_text("earlier")
+    monkeypatch.setattr(eval_command, "metrics_document", lambda evaluation: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["eval", "--detections", str(detections), "--annotations", str(annotation_file), "--output", str(output),
+                 "--overwrite"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [(path.name, path.read_text()) for path in output.iterdir()] == [("metrics.json", "earlier")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "results.json"]
+
+
 def run_failing(arguments: list[str], capsys) -> str:
     assert main(arguments) == 2
     return capsys.readouterr().err

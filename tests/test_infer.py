@@ -206,6 +206,57 @@ def test_output_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     assert existing.read_text() == "keep me"
 
 
+def test_an_earlier_run_in_output_is_refused_unless_overwrite_replaces_it(tmp_path, capsys):
+    """A second run never mixes its files with the first's: refused, or with --overwrite the
+    folder holds this run's files only."""
+    first = image_folder(tmp_path / "first", {"a.png": gradient_image(48, 80), "b.png": gradient_image(40, 40)})
+    second = image_folder(tmp_path / "second", {"c.png": gradient_image(50, 60)})
+    output = tmp_path / "out"
+    assert eager(first, output) == 0
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    capsys.readouterr()
+    assert eager(second, output) == 2
+    assert f"--output {output} is not empty (holds a.png.jpg, b.png.jpg, images.json, results.json)" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert eager(second, output, "--overwrite") == 0
+    assert sorted(path.name for path in output.iterdir()) == ["c.png.jpg", "images.json", "results.json"]
+    assert [entry["file_name"] for entry in json.loads((output / "images.json").read_text())] == ["c.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["first", "out", "second"]  # no staging folder left
+
+
+def test_overwrite_never_replaces_a_folder_holding_the_input(tmp_path, capsys):
+    output = tmp_path / "out"
+    inputs = image_folder(output.mkdir() or output / "inputs", {"a.png": gradient_image(48, 80)})
+    assert eager(inputs, output, "--overwrite") == 2
+    assert f"--output {output} holds the input {inputs}" in capsys.readouterr().err
+    assert (inputs / "a.png").is_file()
+
+
+def test_interrupted_infer_leaves_the_output_as_it_was(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first drawing: no half-run in --output, the earlier run intact."""
+    import codetr.cli.infer as infer_command
+
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80), "b.png": gradient_image(40, 40)})
+    output = tmp_path / "out"
+    assert eager(inputs / "a.png", output) == 0
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    saved = []
+
+    def save_then_interrupt(image, path):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(path)
+        image.save(path, format="JPEG")
+
+    monkeypatch.setattr(infer_command, "save_jpeg", save_then_interrupt)
+    assert eager(inputs, output, "--overwrite") == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inputs", "out"]
+    monkeypatch.undo()
+    assert eager(inputs, tmp_path / "new" / "out") == 0 and (tmp_path / "new" / "out" / "b.png.jpg").is_file()
+
+
 def test_unreadable_images_are_named_and_skipped(tmp_path, capsys):
     """Issue 9 item 5 and fault 5: a broken file costs only itself; 16-bit, grayscale, palette,
     RGBA and CMYK images run like 8-bit RGB ones."""
