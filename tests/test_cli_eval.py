@@ -165,6 +165,21 @@ def test_results_with_unknown_image_ids_name_the_file_and_key(tmp_path: Path, ti
     assert "dets.json[2]: image_id 77 is not in the annotation file (5 images, ids 1, 2, 3, 4, 5)" in error
 
 
+def test_results_of_another_dataset_sharing_image_ids_are_named(tmp_path: Path, tiny_coco, capsys, caplog) -> None:
+    """Results of a 640x480 dataset whose image and category ids the tiny 64x64 one shares: boxes
+    outside the images are an error naming the file; a file covering some images only is a warning."""
+    annotation_file, _ = tiny_coco
+    results = ground_truth_as_results(annotation_file)
+    foreign = [{**entry, "bbox": [300.0, 200.0, 80.0, 60.0]} for entry in results]
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    error = run_failing(["eval", "--detections", str(tmp_path / "foreign.json"), "--annotations", str(annotation_file)], capsys)
+    assert f"{tmp_path / 'foreign.json'}[0]: bbox [300.0, 200.0, 80.0, 60.0] lies wholly outside image 1 (64x64 px" in error
+    partial = [entry for entry in results if entry["image_id"] <= 2]
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    assert main(["eval", "--detections", str(tmp_path / "partial.json"), "--annotations", str(annotation_file)]) == 0
+    assert f"{tmp_path / 'partial.json'}: detections on only 2 of the 5 images of the annotation file (ids 1, 2)" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

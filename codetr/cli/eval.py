@@ -27,7 +27,9 @@ from codetr.atomic import atomic_dir, atomic_path
 from codetr.cli.common import OVERWRITE_HELP, USE_EMA_HELP, check_output_folder
 from codetr.config import load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
-from codetr.evaluation.coco import BBOX_METRICS, Metrics, evaluate_detections, load_results
+from codetr.evaluation.coco import (
+    BBOX_METRICS, Metrics, evaluate_detections, load_annotations, load_results, results_mismatch,
+)
 from codetr.evaluation.compare import compare_detections
 from codetr.evaluation.runner import RunStats, evaluate_model
 from codetr.models import DTYPES
@@ -94,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
     annotation_file, image_dir = _dataset_files(args)
     if args.detections is not None:
         results = load_results(args.detections)
-        metrics = evaluate_detections(results, annotation_file, source=str(args.detections))
+        ground_truth = load_annotations(annotation_file)
+        metrics = evaluate_detections(results, ground_truth, source=str(args.detections))
+        for message in results_mismatch(results, ground_truth, source=str(args.detections)):
+            logger.warning("%s", message)
         evaluations = [Evaluation(args.detections.name, results, metrics, None)]
     else:
         evaluations = _run_models(args, annotation_file, image_dir)
