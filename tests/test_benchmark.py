@@ -127,6 +127,21 @@ def test_bench_eager_with_images_times_end_to_end(tmp_path: Path) -> None:
         assert result["label"] == "eager float32" and result["input_shape"] == [result["batch_size"], 3, 64, 96]
 
 
+def test_bench_names_and_skips_unreadable_images(tmp_path: Path, capsys) -> None:
+    """Like infer and eval: the end-to-end time covers the readable images; the others are named."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((50, 70, 3), 90, dtype=np.uint8)).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    json_path = tmp_path / "bench.json"
+    status = main(["bench", "eager", "--config", str(TINY), "--height", "64", "--width", "96", "--device", "cpu",
+                   "--iterations", "1", "--warmup", "0", "--images", str(folder), "--workers", "0", "--json", str(json_path)])
+    assert status == 0
+    (result,) = json.loads(json_path.read_text())["results"]
+    assert result["end_to_end"]["images"] == 1 and result["end_to_end"]["skipped"] == [str(folder / "b.jpg")]
+    assert f"skipped 1 unreadable image(s) in the end-to-end time: {folder / 'b.jpg'}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -7,7 +7,8 @@ JSON document::
     results  one object per measured point: artifact (the path or "eager"), label, cuda_graph,
              batch_size, input_shape [B, 3, H, W], dtype, device,
              latency_ms {min, median, p90, p99, max}, images_per_second, peak_memory_gib (null when
-             not measurable), end_to_end {ms_per_image, images_per_second, images, workers} or null
+             not measurable), end_to_end {ms_per_image, images_per_second, images, workers,
+             skipped (the --images files that could not be read)} or null
     skipped  artifact, label, batch_size, reason, failed: each point that was not measured
 """
 

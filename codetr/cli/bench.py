@@ -6,13 +6,15 @@
 Measures every ARTIFACT at every batch size (see :mod:`codetr.benchmark`) and prints one table;
 a static-batch export at another batch size is listed as skipped, not an error. A point whose
 loading or run fails (out of memory, ...) is listed as failed and the others still run; the
-exit status is then 1.
+exit status is then 1. An ``--images`` file that cannot be read is named on stderr and left out
+of the end-to-end time (as ``codetr infer`` and ``eval`` skip it).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -104,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"'{EAGER}' needs --config (the model to build)")
     outcomes = run_benchmark(targets, settings)
     print(format_table(outcomes))
+    skipped = sorted({path for outcome in outcomes if isinstance(outcome, BenchResult) and outcome.end_to_end
+                      for path in outcome.end_to_end.skipped})
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s) in the end-to-end time: {', '.join(skipped)}", file=sys.stderr)
     if args.json is not None:
         write_json(to_document(outcomes, settings, args.dtype), args.json)
         print(f"results -> {args.json}")

@@ -9,19 +9,24 @@ host post-processing) are compared by Polygraphy's comparator (``SimpleCompareFu
 outputs (found through the exporter's name-scope metadata, :mod:`codetr.runtime.layers`) are
 compared with the PyTorch modules' outputs (forward hooks), in graph order, and the first layer
 that fails the tolerance is named: where the error jumps.
+
+An image that cannot be read is named on stderr and skipped (as by ``codetr infer`` and ``eval``);
+``--max-images`` counts the images that were read.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from codetr.contract.io import OUTPUT_NAMES
-from codetr.data.images import list_images, read_image
+from codetr.data.images import ImageReadError, list_images, read_image
 from codetr.preprocess import make_batch
 from codetr.runtime.predictor import Predictor
 
@@ -86,17 +91,18 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     side_a, side_b = _load(args.model_a, args.checkpoint), _load(args.model_b, args.checkpoint)
-    paths = list_images(args.images)[: args.max_images]
-    if not paths:
-        raise FileNotFoundError(f"--images: no images in {args.images}")
-    batches = [make_batch([read_image(path)], side_a.preprocess) for path in paths]
+    paths = list_images(args.images)
+    images = read_images(paths, args.max_images)
+    if not images:
+        raise ValueError(f"--images: none of the {len(paths)} image(s) in {args.images} could be read")
+    batches = [make_batch([image], side_a.preprocess) for image in images]
 
     def raw(side: Predictor) -> list[dict[str, np.ndarray]]:
         return [{name: tensor.detach().float().cpu().numpy() for name, tensor in
                  zip(OUTPUT_NAMES, side.runtime(batch.images, batch.image_sizes))} for batch in batches]
 
     outputs = compare_arrays(str(args.model_a), raw(side_a), str(args.model_b), raw(side_b), args)
-    print(f"{len(paths)} image(s), {args.check_error_stat} error against atol {args.atol} / rtol {args.rtol}:")
+    print(f"{len(images)} image(s), {args.check_error_stat} error against atol {args.atol} / rtol {args.rtol}:")
     for name, result in outputs.items():
         print(f"  {name:<8} {'ok  ' if result else 'FAIL'} max abs {result.max_absdiff:.3g}  "
               f"mean abs {result.mean_absdiff:.3g}  mean rel {result.mean_reldiff:.3g}")
@@ -104,6 +110,20 @@ def run(args: argparse.Namespace) -> int:
     if args.per_layer:
         passed &= _per_layer(args, side_a, side_b, batches[0])
     return 0 if passed else 1
+
+
+def read_images(paths: list[Path], count: int) -> list[torch.Tensor]:
+    """The first ``count`` images of ``paths`` that can be read (uint8 RGB [3, H, W]); each one
+    that cannot is named on stderr and skipped."""
+    images = []
+    for path in paths:
+        if len(images) == count:
+            break
+        try:
+            images.append(read_image(path))
+        except (FileNotFoundError, ImageReadError) as error:
+            print(f"skipped: {error}", file=sys.stderr)
+    return images
 
 
 def _per_layer(args, side_a: Predictor, side_b: Predictor, batch) -> bool:
