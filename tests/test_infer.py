@@ -308,6 +308,18 @@ def test_random_weights_are_marked_on_the_drawings(tmp_path, caplog):
     assert (trained - 128).abs().max() <= 2  # the plain image (JPEG rounding)
 
 
+def test_an_image_without_detections_is_drawn_without_a_warning(tmp_path, recwarn):
+    """torchvision's draw_bounding_boxes warns "boxes doesn't contain any box" for none: no
+    detection above the threshold is normal, not something to warn a user about."""
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(40, 60)})
+    assert eager(inputs, tmp_path / "out", "--score-threshold", "1") == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == []
+    assert [str(warning.message) for warning in recwarn if "box" in str(warning.message)] == []
+    drawn = decode_image(str(tmp_path / "out" / "a.png.jpg")).float()
+    # below the random-weights banner, the plain image (JPEG rounding)
+    assert (drawn[:, 20:] - gradient_image(40, 60)[:, 20:].float()).abs().mean() < 2
+
+
 def test_exported_model_runs_from_its_metadata(tmp_path, tiny_float16_export, capsys, caplog):
     inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80), "b.png": gradient_image(70, 50)})
     output = tmp_path / "out"

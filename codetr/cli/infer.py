@@ -216,7 +216,9 @@ def draw(image: torch.Tensor, detections: ImageDetections, class_names: tuple[st
     """``image`` (uint8 RGB [3, H, W]) with each box and "<class> <score>" drawn in red; with
     ``random_weights``, a red banner across the top saying so."""
     captions = [f"{class_names[label]} {score:.2f}" for label, score in zip(detections.labels.tolist(), detections.scores.tolist())]
-    drawing = to_pil_image(draw_bounding_boxes(image, detections.boxes, labels=captions, colors="red", width=2))
+    if captions:
+        image = draw_bounding_boxes(image, detections.boxes, labels=captions, colors="red", width=2)
+    drawing = to_pil_image(image)  # without detections the image as it is (torchvision would warn "no box")
     if random_weights:
         font = ImageFont.load_default(size=max(10, min(drawing.size) // 24))
         canvas = ImageDraw.Draw(drawing)
