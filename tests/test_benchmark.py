@@ -152,7 +152,6 @@ def test_bench_names_and_skips_unreadable_images(tmp_path: Path, capsys) -> None
         (["eager", "--config", str(TINY), "--batch-sizes", "0"], "--batch-sizes must be positive"),
         (["eager", "--config", str(TINY), "--iterations", "0"], "iterations must be at least 1"),
         (["eager", "--config", str(TINY), "--json", "no/such/folder/b.json"], "--json: folder no/such/folder"),
-        (["eager", "--config", str(TINY), "--device", "gpu0"], "--device 'gpu0' is not a device name"),
         (["eager", "--config", "missing.toml"], "--config: no such file missing.toml"),
     ],
 )
@@ -160,6 +159,21 @@ def test_mistakes_are_reported_without_a_traceback(arguments: list[str], message
     assert main(["bench", *arguments]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu0", "argument --device: 'gpu0' is not a device (e.g. cpu, cuda, cuda:1)"),
+        pytest.param("cuda", "argument --device: cuda: no CUDA GPU is visible; use --device cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")),
+    ],
+)
+def test_device_is_checked_like_every_command(device: str, message: str, capsys) -> None:
+    """The one --device check of codetr.cli.common (argparse's usage error, status 2), as infer's."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "eager", "--config", str(TINY), "--device", device])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_help_shows_the_defaults(capsys) -> None:

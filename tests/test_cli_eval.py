@@ -241,3 +241,10 @@ def test_torchrun_two_gloo_ranks_write_the_single_process_results(tmp_path: Path
     assert distributed["images"] == 5
     assert (tmp_path / "distributed" / "results.json").read_text() == (tmp_path / "single" / "results.json").read_text()
     assert completed.stdout.count("class AP") == 1  # rank 0 alone prints
+
+
+def test_device_is_checked_like_every_command(capsys) -> None:
+    """The one --device check of codetr.cli.common, before any file is looked at."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--config", str(TINY), "--annotations", "x.json", "--images", "y", "--device", "gpu0"])
+    assert exit_.value.code == 2 and "argument --device: 'gpu0' is not a device (e.g. cpu, cuda, cuda:1)" in capsys.readouterr().err

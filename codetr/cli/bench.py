@@ -17,11 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
 from codetr.benchmark.report import format_table, plot, to_document, write_json
 from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets
+from codetr.cli.common import device_type
 from codetr.data.images import list_images
 from codetr.models import DTYPES
 
@@ -56,7 +55,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", type=Path, help="a folder of images (or one image) to also time end to end (default: model-only timing)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding --images (default: %(default)s)")
-    parser.add_argument("--device", help="device to run on (default: each artifact's own; eager: cuda if available)")
+    parser.add_argument("--device", type=device_type,
+                        help="cpu, cuda or cuda:N (default: each artifact's own; eager: cuda if available)")
     parser.add_argument("--allow-tf32", action="store_true", help="let eager float32 use TF32 on the GPU (default: IEEE float32)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here (default: not written)")
     parser.add_argument("--plot", type=Path, help="write latency and throughput vs batch size here (.png, .svg, .pdf; default: not drawn)")
@@ -81,13 +81,6 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None and not path.parent.is_dir():
             raise FileNotFoundError(f"{option}: folder {path.parent} does not exist")
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise ValueError(f"--device {args.device!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: no CUDA GPU is visible to torch; use --device cpu")
     settings = BenchSettings(
         batch_sizes=parse_batch_sizes(args.batch_sizes),
         iterations=args.iterations,
@@ -98,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         config=args.config,
         checkpoint=args.checkpoint,
-        device=args.device,
+        device=None if args.device is None else str(args.device),
         allow_tf32=args.allow_tf32,
     )
     targets = parse_targets(args.artifacts, args.dtype, CudaGraphMode(args.cuda_graph))

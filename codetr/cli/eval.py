@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from codetr.atomic import atomic_dir, atomic_path
-from codetr.cli.common import OVERWRITE_HELP, USE_EMA_HELP, check_output_folder
+from codetr.cli.common import OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type
 from codetr.config import load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
 from codetr.evaluation.coco import (
@@ -80,7 +80,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (default: %(default)s)")
-    parser.add_argument("--device", default=None,
+    parser.add_argument("--device", type=device_type, default=None,
                         help="cpu, cuda or cuda:N (default: for --config, cuda when a GPU is visible, else cpu; for "
                         "--model, the artifact's own); under torchrun, cuda means each rank's own GPU (LOCAL_RANK)")
     parser.add_argument("--score-threshold", type=float, default=0.0,
@@ -146,7 +146,7 @@ def _dataset_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 def _run_models(args: argparse.Namespace, annotation_file: Path, image_dir: Path) -> list[Evaluation] | None:
     dataset = CocoDetection(annotation_file, image_dir)
-    device = _start_distributed(args.device)
+    device = _start_distributed(None if args.device is None else str(args.device))
     try:
         artifacts = ([None] if args.config is not None else []) + list(args.models)  # None: the eager model
         evaluations = []
