@@ -19,7 +19,7 @@ from codetr.benchmark.targets import CudaGraphMode, parse_targets
 from codetr.cli import main
 from codetr.contract.artifacts import Artifact
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 
 
 def test_latency_statistics_are_numpys_linear_percentiles() -> None:
@@ -152,7 +152,7 @@ def test_bench_names_and_skips_unreadable_images(tmp_path: Path, capsys) -> None
         (["eager", "--config", str(TINY), "--batch-sizes", "0"], "--batch-sizes must be positive"),
         (["eager", "--config", str(TINY), "--iterations", "0"], "iterations must be at least 1"),
         (["eager", "--config", str(TINY), "--json", "no/such/folder/b.json"], "--json: folder no/such/folder"),
-        (["eager", "--config", "missing.toml"], "--config: no such file missing.toml"),
+        (["eager", "--config", "missing.toml"], "config missing.toml: no such file, and not a shipped config (shipped: "),
     ],
 )
 def test_mistakes_are_reported_without_a_traceback(arguments: list[str], message: str, capsys) -> None:

@@ -22,7 +22,7 @@ from codetr.config import load_config
 from codetr.export import Artifact, ExportOptions, MsdaMode, export_model
 from codetr.models import build_model
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 PLANTED_PARAMETER = "model.backbone.layer2.0.conv1.weight"
 PLANTED_LAYER = "backbone.layer2.0.conv1"
 

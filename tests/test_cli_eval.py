@@ -20,7 +20,7 @@ from codetr.contract.artifacts import MsdaMode
 from codetr.export import Artifact, ExportOptions, export_model
 from codetr.models import build_model
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 METRIC_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"]
 
 

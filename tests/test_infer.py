@@ -17,7 +17,7 @@ from codetr.models import Detections, build_model
 from codetr.postprocess import coco_results, postprocess, soft_nms
 from codetr.preprocess import make_batch, rescaled_size, resize_keep_ratio
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "codetr" / "configs"
 TINY = CONFIGS / "tiny.toml"
 
 

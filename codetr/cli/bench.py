@@ -1,6 +1,6 @@
 """``codetr bench``: latency, throughput and memory of exported models and the eager model.
 
-    codetr bench out/model_aoti.pt2 out/model.pt2 eager:float16 --config configs/x.toml \\
+    codetr bench out/model_aoti.pt2 out/model.pt2 eager:float16 --config synthetic_r50 \\
         --batch-sizes 1,8 --json bench.json --plot bench.png
 
 Measures every ARTIFACT at every batch size (see :mod:`codetr.benchmark`) and prints one table;
@@ -20,7 +20,8 @@ from pathlib import Path
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
 from codetr.benchmark.report import format_table, plot, to_document, write_json
 from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets
-from codetr.cli.common import device_type
+from codetr.cli.common import CONFIG_HELP, device_type
+from codetr.config import resolve_config
 from codetr.data.images import list_images
 from codetr.models import DTYPES
 
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"an exported file (metadata.json beside it), or '{EAGER}' (--config in --dtype) or "
         f"'{EAGER}:DTYPE' ({', '.join(DTYPES)})",
     )
-    parser.add_argument("--config", type=Path, help="model config TOML, for eager (default: none)")
+    parser.add_argument("--config", type=Path, help=f"the config of eager: {CONFIG_HELP} (default: none)")
     parser.add_argument("--checkpoint", type=Path, help="weights for eager (default: random; they time the same)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of plain 'eager' (default: %(default)s)")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, e.g. 1,4,8 (default: %(default)s)")
@@ -74,8 +75,8 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.config is not None and not args.config.is_file():
-        raise FileNotFoundError(f"--config: no such file {args.config}")
+    if args.config is not None:
+        resolve_config(args.config)  # FileNotFoundError listing the shipped names, before any work
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
     for option, path in (("--json", args.json), ("--plot", args.plot)):

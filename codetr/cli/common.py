@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from codetr.config import shipped_configs
+
 logger = logging.getLogger("codetr")
 
 FLOAT16_ON_CPU = (
@@ -53,6 +55,8 @@ def warn_random_weights(seed: int) -> None:
     banner = "!" * len(message)
     logger.warning("\n%s\n%s\n%s", banner, message, banner)
 
+
+CONFIG_HELP = f"a config TOML file, or a shipped config's name ({', '.join(shipped_configs())})"
 
 OVERWRITE_HELP = "replace an --output folder that is not empty, and everything in it (default: refuse)"
 

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import torch
 
+from codetr.cli.common import CONFIG_HELP
+from codetr.config import resolve_config
 from codetr.contract.io import OUTPUT_NAMES
 from codetr.data.images import ImageReadError, list_images, read_image
 from codetr.preprocess import make_batch
@@ -40,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "output on real images with Polygraphy's comparator; with --per-layer, an ONNX file against the PyTorch "
         "model layer by layer, naming the first layer whose error exceeds the tolerance.",
     )
-    parser.add_argument("model_a", type=Path, help="artifact (model.pt2, model.onnx, model.engine, ...) or config .toml")
-    parser.add_argument("model_b", type=Path, help="artifact or config .toml")
+    parser.add_argument("model_a", type=Path,
+                        help=f"artifact (model.pt2, model.onnx, model.engine, ...), or for the PyTorch model {CONFIG_HELP}")
+    parser.add_argument("model_b", type=Path, help="artifact or config, as model_a")
     parser.add_argument("--images", type=Path, required=True, help="image file or folder of images")
     parser.add_argument("--max-images", type=int, default=4, help="images to compare at most (default: %(default)s)")
     parser.add_argument("--checkpoint", type=Path, help="weights of a config-TOML side (default: random weights)")
@@ -57,11 +60,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _load(path: Path, checkpoint: Path | None) -> Predictor:
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file or config at {path}")
-    if path.suffix == ".toml":
-        return Predictor.from_config(path, checkpoint=checkpoint, device="cpu")
-    return Predictor.from_artifact(path, device="cpu")
+    """An artifact file, else a config TOML file or a shipped config's name (the eager model)."""
+    if path.is_file() and path.suffix != ".toml":
+        return Predictor.from_artifact(path, device="cpu")
+    try:
+        config = resolve_config(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path} is no model file, and {error}") from None
+    return Predictor.from_config(config, checkpoint=checkpoint, device="cpu")
 
 
 def compare_arrays(name_a: str, outputs_a: list[dict], name_b: str, outputs_b: list[dict], args) -> dict[str, object]:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from codetr.atomic import atomic_dir, atomic_path
-from codetr.cli.common import OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type
+from codetr.cli.common import CONFIG_HELP, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type
 from codetr.config import load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
 from codetr.evaluation.coco import (
@@ -62,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--model", type=Path, action="append", default=[], dest="models", metavar="ARTIFACT",
                         help="exported model (.pt2, .onnx, .engine, ...) with its metadata.json; repeat to "
                         "compare several on the same images (the first is the reference)")
-    source.add_argument("--config", type=Path, help="config TOML: evaluate the eager PyTorch model (first in the table)")
+    source.add_argument("--config", type=Path, help=f"evaluate the eager PyTorch model (first in the table) of this config: {CONFIG_HELP}")
     source.add_argument("--checkpoint", type=Path, help="weights for --config (default: none, random weights)")
     source.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     source.add_argument("--dtype", choices=sorted(DTYPES), default=None,

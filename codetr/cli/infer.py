@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from codetr.atomic import atomic_dir, atomic_path
 from codetr.cli.common import (
-    FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, warn_random_weights,
+    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, warn_random_weights,
 )
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
 from codetr.models import DTYPES
@@ -74,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source = parser.add_argument_group("model (give --model, or --config with an optional --checkpoint)")
     source.add_argument("--model", type=Path, help="an exported artifact: model.pt2, model.onnx, model.engine, "
                         "model_torch_tensorrt.pt2, with the export's metadata.json beside it (default: none)")
-    source.add_argument("--config", type=Path, help="configs/*.toml, to run the eager PyTorch model (default: none)")
+    source.add_argument("--config", type=Path, help=f"the eager PyTorch model's config: {CONFIG_HELP} (default: none)")
     source.add_argument("--checkpoint", type=Path, help="with --config: official .pth (either layout) or codetr's own "
                         "(default: none = deterministic random weights, meaningless detections)")
     source.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
