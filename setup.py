@@ -86,5 +86,5 @@ def build_ext_class():
 setup(
     ext_modules=[msda_extension()],
     cmdclass={"build_ext": build_ext_class()},
-    package_data={"codetr": ["lib/*.so"]},
+    package_data={"codetr": ["lib/*.so", "configs/*.toml"]},
 )

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
 
 from codetr.config import load_config
 from codetr.models import DTYPES, build_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIGS = ("co_dino_5scale_r50_lsj_8xb2_1x_coco", "co_dino_5scale_swin_l_16xb1_16e_o365tococo")
 
 
@@ -62,7 +60,7 @@ def main() -> None:
     images = (torch.rand(args.batch, 3, args.height, args.width, generator=generator) * 255).to(device)
     sizes = torch.tensor([[args.height, args.width]] * args.batch, device=device)
     for name in args.configs:
-        config = load_config(CONFIGS / f"{name}.toml")
+        config = load_config(name)
         for dtype_name in args.dtypes:
             model = build_model(config).to(device=device, dtype=DTYPES[dtype_name])
             torch.cuda.reset_peak_memory_stats(device)

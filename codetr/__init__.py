@@ -3,6 +3,9 @@
 Importing codetr registers ``torch.ops.codetr.msda`` (as importing torchvision registers its ops).
 """
 
-from codetr.contract.versions import CODETR_VERSION as __version__
+from codetr.cli import interrupt_exits  # nothing heavy: Ctrl-C while torch imports ends the command quietly
 
-import codetr.ops  # noqa: F401  (registers torch.ops.codetr.*)
+with interrupt_exits():
+    from codetr.contract.versions import CODETR_VERSION as __version__  # noqa: F401 (re-exported)
+
+    import codetr.ops  # noqa: F401  (registers torch.ops.codetr.*)

@@ -1,11 +1,15 @@
-"""Writing files so that nobody ever sees a half-written one."""
+"""Writing files and folders so that nobody ever sees a half-written one."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+logger = logging.getLogger("codetr")
 
 
 @contextlib.contextmanager
@@ -24,3 +28,69 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``path`` (``.<name>.partial-<pid>``) to write a whole run into;
+    only if the block succeeds does it replace ``path`` whole.
+
+    Whatever was at ``path`` is removed only after the new folder is in place (and restored if
+    that move fails), so ``path`` always holds one complete run, never a mix of two. On failure
+    or KeyboardInterrupt the staging folder, and the parent folders created for it, are removed
+    and ``path`` is left as it was. Staging and replaced folders that a killed process (SIGKILL,
+    power loss) left beside ``path`` are removed first. The caller checks beforehand that
+    ``path`` may be replaced.
+    """
+    path = Path(path).absolute()
+    created = [folder for folder in path.parents if not folder.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path)
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        staging.mkdir()
+        yield staging
+        _swap_in(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first: the folders created for nothing
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove staging and replaced folders beside ``path`` whose process no longer runs, and this
+    process's own."""
+    for sibling in path.parent.glob(f".{path.name}.*-*"):
+        kind, _, pid = sibling.name.removeprefix(f".{path.name}.").partition("-")
+        mine_or_dead = pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid)))
+        if kind in ("partial", "replaced") and mine_or_dead:
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Put the finished ``staging`` folder at ``path``; what was there is removed only after the
+    new folder is in place, and restored if the move fails."""
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    replaced = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+    os.replace(path, replaced)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(replaced, path)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
+    logger.info("replaced the previous contents of %s", path)

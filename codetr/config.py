@@ -1,4 +1,8 @@
-"""Typed, validated Co-DINO configurations read from TOML files in ``configs/``.
+"""Typed, validated Co-DINO configurations read from TOML files.
+
+The configs shipped with codetr live in the package (``codetr/configs/*.toml``, package data), so
+an installed codetr has them: :func:`load_config` takes a path or a shipped config's name
+(:func:`shipped_configs`, e.g. ``synthetic_r50``).
 
 Every table maps onto a frozen dataclass. Validation is strict: an unknown (e.g. misspelled)
 key, a missing required key or a value of the wrong type raises :class:`ConfigError` naming
@@ -232,11 +236,33 @@ class Config:
 _NAMED_CLASS_LISTS = {"coco": (COCO_CLASSES, COCO_CATEGORY_IDS)}
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The shipped configs (package data)."""
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs (file stems in :data:`CONFIG_DIR`), sorted."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.toml"))
+
+
+def resolve_config(config: str | Path) -> Path:
+    """The TOML file ``config`` names: a file at that path, else the shipped config of that name
+    (with or without ``.toml``). FileNotFoundError listing the shipped names when neither exists."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".toml")
+    if path.name == str(config) and name in shipped_configs():
+        return CONFIG_DIR / f"{name}.toml"
+    raise FileNotFoundError(
+        f"config {config}: no such file, and not a shipped config (shipped: {', '.join(shipped_configs())})"
+    )
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML configuration file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    """Read and validate a TOML configuration file, given as a path or a shipped config's name
+    (see :func:`resolve_config`)."""
+    path = resolve_config(path)
     try:
         with path.open("rb") as file:
             table = tomllib.load(file)

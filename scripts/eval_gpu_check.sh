@@ -35,7 +35,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 stamp "generate data"
 "$PYTHON" -m codetr data synthetic --output "$WORK/data" --train-images 0 --val-images "$IMAGES" --size 256 256 --classes 5 --seed 0
 # The tiny model with the generated data's first five class names (its own are cat, dog, ...).
-sed 's/^class_names = .*/class_names = ["disc", "square", "triangle", "ring", "cross"]/' configs/tiny.toml > "$WORK/tiny.toml"
+sed 's/^class_names = .*/class_names = ["disc", "square", "triangle", "ring", "cross"]/' codetr/configs/tiny.toml > "$WORK/tiny.toml"
 
 stamp "export"
 "$PYTHON" -m codetr export --config "$WORK/tiny.toml" --output "$WORK/export" --dtype float32 --height 64 --width 64 \

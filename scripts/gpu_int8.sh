@@ -4,7 +4,7 @@
 # Usage:  bash scripts/gpu_int8.sh CHECKPOINT DATA
 #   CHECKPOINT  the reference Co-DINO checkpoint (official mmdet or codetr)
 #   DATA        COCO-format dataset folder (annotations/instances_val2017.json + val2017/, or the generated layout)
-# Environment: CONFIG (default configs/co_dino_5scale_r50_lsj_8xb2_1x_coco.toml), WORK (default out/gpu_int8),
+# Environment: CONFIG (default codetr/configs/co_dino_5scale_r50_lsj_8xb2_1x_coco.toml), WORK (default out/gpu_int8),
 #   IMAGES (val images for the AP table, default 500), SENS_IMAGES (val images per sensitivity row, default 100),
 #   CALIB (calibration images: folder or COCO dataset, default DATA), CALIB_SPLIT (default train, val when DATA
 #   has no train split), CALIB_IMAGES (default 256), ONNX_IMAGES (val images for the QDQ ONNX in ONNX Runtime on
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 CHECKPOINT="${1:?usage: gpu_int8.sh CHECKPOINT DATA}"
 DATA="${2:?usage: gpu_int8.sh CHECKPOINT DATA}"
 PYTHON="${PYTHON:-python3}"
-CONFIG="${CONFIG:-configs/co_dino_5scale_r50_lsj_8xb2_1x_coco.toml}"
+CONFIG="${CONFIG:-codetr/configs/co_dino_5scale_r50_lsj_8xb2_1x_coco.toml}"
 WORK="${WORK:-out/gpu_int8}"
 IMAGES="${IMAGES:-500}"
 SENS_IMAGES="${SENS_IMAGES:-100}"

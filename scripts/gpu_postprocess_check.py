@@ -23,7 +23,7 @@ from codetr.config import load_config
 from codetr.models import build_model
 from codetr.runtime import load_runtime
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 THRESHOLD, IOU = 0.6, 0.8  # IoU: the tiny config's NMS iou_threshold
 failures = []
 

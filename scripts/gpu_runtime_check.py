@@ -27,7 +27,7 @@ from codetr.models import build_model
 from codetr.runtime.eager import EagerRuntime
 from codetr.runtime.exported_program import ExportedProgramRuntime
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 failures = []
 
 

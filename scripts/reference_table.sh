@@ -6,12 +6,12 @@
 #     bfloat16; ExportedProgram and AOTInductor package, float32 and float16 (static 512x512).
 #   CPU, the first SUBSET val images (ONNX Runtime is slow): eager float32, ONNX Runtime with the
 #     plugin node (float32) and decomposed into standard ops (float32).
-# Environment: WORK (out/reference), CONFIG (configs/synthetic_r50.toml), SUBSET (100), PYTHON.
+# Environment: WORK (out/reference), CONFIG (codetr/configs/synthetic_r50.toml), SUBSET (100), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 WORK="${WORK:-out/reference}"
-CONFIG="${CONFIG:-configs/synthetic_r50.toml}"
+CONFIG="${CONFIG:-codetr/configs/synthetic_r50.toml}"
 SUBSET="${SUBSET:-100}"
 CHECKPOINT="$WORK/train/latest.pth"
 DATA="$WORK/data"

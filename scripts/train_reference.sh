@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference model: generates the synthetic dataset, trains configs/synthetic_r50.toml from
+# The reference model: generates the synthetic dataset, trains codetr/configs/synthetic_r50.toml from
 # scratch with bf16 AMP on one GPU, evaluates it on the val split and prints AP / AP50.
 # Run from anywhere on the GPU machine:  bash scripts/train_reference.sh
 #
@@ -27,7 +27,7 @@ BATCH="${BATCH:-32}"
 AMP="${AMP:-bf16}"
 WORKERS="${WORKERS:-12}"
 WORK="${WORK:-out/reference}"
-CONFIG="${CONFIG:-configs/synthetic_r50.toml}"
+CONFIG="${CONFIG:-codetr/configs/synthetic_r50.toml}"
 started=$(date +%s)
 stamp() { echo "===== $* ($(( $(date +%s) - started )) s)"; }
 

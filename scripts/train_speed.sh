@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training speed of the reference recipe (configs/synthetic_r50.toml, global batch 32), on the data
+# Training speed of the reference recipe (the shipped config synthetic_r50, global batch 32), on the data
 # that scripts/train_reference.sh generated (WORK/data): short `codetr train` runs of ITERATIONS
 # iterations, each printing the median images/s (global, all processes) of its logged windows after
 # the first two and rank 0's peak memory:
@@ -18,7 +18,7 @@ ITERATIONS="${ITERATIONS:-100}"
 GPUS="${GPUS:-2}"
 BATCH="${BATCH:-32}"
 WORKERS="${WORKERS:-12}"
-CONFIG="${CONFIG:-configs/synthetic_r50.toml}"
+CONFIG="${CONFIG:-synthetic_r50}"
 RUNS="${RUNS:-none bf16 ddp}"
 [[ -f "$WORK/data/annotations/instances_train.json" ]] || { echo "error: no $WORK/data: run scripts/train_reference.sh first"; exit 2; }
 available="$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")"

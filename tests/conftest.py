@@ -143,14 +143,14 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory):
 
 # ---- exported models and their metadata (runtime, predictor and infer tests) -------------------
 
-TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 TINY_EXPORT_SIZE = 64
 """Side of the square static tiny exports: a square canvas takes portrait and landscape images
 under the config's keep-ratio resize."""
 
 
 def tiny_metadata_document(**changes: object) -> dict:
-    """A codetr-export/2 metadata document for configs/tiny.toml exported static at
+    """A codetr-export/2 metadata document for codetr/configs/tiny.toml exported static at
     TINY_EXPORT_SIZE square, batch 1, float32; ``changes`` replace top-level sections or, with
     dotted keys ("input.batch_size"), single values."""
     import dataclasses
@@ -189,7 +189,7 @@ def metadata_document() -> Callable[..., dict]:
 
 
 def _export_tiny(folder: Path, dtype: str, artifacts: str, *extra: str) -> Path:
-    """configs/tiny.toml exported by ``codetr export`` (random weights, plugin MSDA, static
+    """codetr/configs/tiny.toml exported by ``codetr export`` (random weights, plugin MSDA, static
     TINY_EXPORT_SIZE square, batch 1) with the metadata.json the export writes."""
     from codetr.cli import main
 
@@ -202,17 +202,17 @@ def _export_tiny(folder: Path, dtype: str, artifacts: str, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_float16_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder with a real float16 export of configs/tiny.toml: model.pt2, model.onnx (plugin
+    """Folder with a real float16 export of codetr/configs/tiny.toml: model.pt2, model.onnx (plugin
     node), metadata.json (static 64x64, batch 1)."""
     return _export_tiny(tmp_path_factory.mktemp("tiny_float16"), "float16", "exported_program,onnx")
 
 
 @pytest.fixture(scope="session")
 def tiny_bfloat16_onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder with a real bfloat16 ONNX export of configs/tiny.toml (opset 22: bfloat16 Conv)."""
+    """Folder with a real bfloat16 ONNX export of codetr/configs/tiny.toml (opset 22: bfloat16 Conv)."""
     return _export_tiny(tmp_path_factory.mktemp("tiny_bfloat16"), "bfloat16", "onnx", "--opset", "22")
 
-TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 TINY_IMAGE_SIZE = (64, 64)
 """(h, w) of the evaluation test images: kept as is by the tiny config's resize (scale 96x64) and
 by a static 64x64 export's (whose resize limits are 64x64, orientation-free: codetr.export's
@@ -284,7 +284,7 @@ def tiny_coco(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_aoti_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of one export of configs/tiny.toml on the CPU, float32, static 64x96, batch 1,
+    """The folder of one export of codetr/configs/tiny.toml on the CPU, float32, static 64x96, batch 1,
     plugin MSDA, random weights (seed 0): model.onnx, model_aoti.pt2 (an AOTInductor package: C++
     compilation, hence once per session) and metadata.json."""
     from codetr.config import load_config
@@ -293,7 +293,7 @@ def tiny_aoti_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from codetr.models import build_model
     import torch._inductor.config
 
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
+    config = load_config(Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml")
     options = ExportOptions(
         dtype=torch.float32, height=64, width=96, artifacts=(Artifact.ONNX, Artifact.AOTI),
         device=torch.device("cpu"),

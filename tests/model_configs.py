@@ -7,11 +7,11 @@ from pathlib import Path
 
 from codetr.config import Config, SwinConfig, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "codetr" / "configs"
 
 
 def tiny_config() -> Config:
-    """configs/tiny.toml: ResNet-18, 4 levels, 1 encoder / 2 decoder layers, 32 queries."""
+    """codetr/configs/tiny.toml: ResNet-18, 4 levels, 1 encoder / 2 decoder layers, 32 queries."""
     return load_config(CONFIGS / "tiny.toml")
 
 

@@ -20,7 +20,7 @@ from codetr.benchmark.targets import CudaGraphMode, parse_targets
 from codetr.cli import main
 from codetr.contract.artifacts import Artifact
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 
 
 def test_latency_statistics_are_numpys_linear_percentiles() -> None:
@@ -176,6 +176,21 @@ def test_bench_eager_with_images_times_end_to_end(tmp_path: Path) -> None:
         assert result["label"] == "eager float32" and result["input_shape"] == [result["batch_size"], 3, 64, 96]
 
 
+def test_bench_names_and_skips_unreadable_images(tmp_path: Path, capsys) -> None:
+    """Like infer and eval: the end-to-end time covers the readable images; the others are named."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((50, 70, 3), 90, dtype=np.uint8)).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    json_path = tmp_path / "bench.json"
+    status = main(["bench", "eager", "--config", str(TINY), "--height", "64", "--width", "96", "--device", "cpu",
+                   "--iterations", "1", "--warmup", "0", "--images", str(folder), "--workers", "0", "--json", str(json_path)])
+    assert status == 0
+    (result,) = json.loads(json_path.read_text())["results"]
+    assert result["end_to_end"]["images"] == 1 and result["end_to_end"]["skipped"] == [str(folder / "b.jpg")]
+    assert f"skipped 1 unreadable image(s) in the end-to-end time: {folder / 'b.jpg'}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -186,14 +201,28 @@ def test_bench_eager_with_images_times_end_to_end(tmp_path: Path) -> None:
         (["eager", "--config", str(TINY), "--batch-sizes", "0"], "--batch-sizes must be positive"),
         (["eager", "--config", str(TINY), "--iterations", "0"], "iterations must be at least 1"),
         (["eager", "--config", str(TINY), "--json", "no/such/folder/b.json"], "--json: folder no/such/folder"),
-        (["eager", "--config", str(TINY), "--device", "gpu0"], "--device 'gpu0' is not a device name"),
-        (["eager", "--config", "missing.toml"], "--config: no such file missing.toml"),
+        (["eager", "--config", "missing.toml"], "config missing.toml: no such file, and not a shipped config (shipped: "),
     ],
 )
 def test_mistakes_are_reported_without_a_traceback(arguments: list[str], message: str, capsys) -> None:
     assert main(["bench", *arguments]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu0", "argument --device: 'gpu0' is not a device (e.g. cpu, cuda, cuda:1)"),
+        pytest.param("cuda", "argument --device: cuda: no CUDA GPU is visible; use --device cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")),
+    ],
+)
+def test_device_is_checked_like_every_command(device: str, message: str, capsys) -> None:
+    """The one --device check of codetr.cli.common (argparse's usage error, status 2), as infer's."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "eager", "--config", str(TINY), "--device", device])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_help_shows_the_defaults(capsys) -> None:

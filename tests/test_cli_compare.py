@@ -22,7 +22,7 @@ from codetr.config import load_config
 from codetr.export import Artifact, ExportOptions, MsdaMode, export_model
 from codetr.models import build_model
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 PLANTED_PARAMETER = "model.backbone.layer2.0.conv1.weight"
 PLANTED_LAYER = "backbone.layer2.0.conv1"
 
@@ -77,3 +77,20 @@ def test_per_layer_needs_an_onnx_file_and_a_config(onnx_export, images, capsys) 
     status = main(["compare", str(TINY), str(TINY), "--images", str(images), "--per-layer"])
     assert status == 2
     assert "--per-layer compares an ONNX file with a config TOML" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_named_and_skipped(images, tmp_path, capsys) -> None:
+    """Like infer and eval: a broken file costs only itself; --max-images counts readable images."""
+    pytest.importorskip("polygraphy", reason="polygraphy not installed (pip install polygraphy)")
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    (folder / "0.jpg").write_bytes(b"\x89PNG broken")
+    status = main(["compare", str(TINY), str(TINY), "--images", str(folder), "--max-images", "1"])
+    captured = capsys.readouterr()
+    assert status == 0  # the same model twice
+    assert f"skipped: cannot decode image {folder / '0.jpg'}" in captured.err
+    assert "1 image(s), mean error" in captured.out
+    (folder / "0.png").write_bytes(b"")
+    (folder / "1.png").write_bytes(b"GIF89a")
+    assert main(["compare", str(TINY), str(TINY), "--images", str(folder)]) == 2
+    assert f"--images: none of the 3 image(s) in {folder} could be read" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from codetr.contract.artifacts import MsdaMode
 from codetr.export import Artifact, ExportOptions, export_model
 from codetr.models import build_model
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 METRIC_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"]
 
 
@@ -104,6 +104,53 @@ def test_unreadable_images_are_counted_in_metrics_json(tmp_path: Path, make_tiny
     assert (metrics["images"], metrics["images_skipped"], metrics["skipped"]) == (2, 1, ["0002.png"])
 
 
+def test_an_earlier_run_in_output_is_refused_unless_overwrite_replaces_it(tmp_path: Path, tiny_coco, capsys) -> None:
+    """Never metrics.json of this run beside an earlier run's comparison.json or model folders."""
+    annotation_file, _ = tiny_coco
+    detections = tmp_path / "results.json"
+    detections.write_text(json.dumps(ground_truth_as_results(annotation_file)))
+    output = tmp_path / "out"
+    (output / "eager").mkdir(parents=True)
+    (output / "comparison.json").write_text("{}")  # an earlier comparison of several models
+    command = ["eval", "--detections", str(detections), "--annotations", str(annotation_file), "--output", str(output)]
+    assert main(command) == 2
+    assert f"--output {output} is not empty (holds comparison.json, eager); choose a new or empty folder, or pass " \
+        "--overwrite" in capsys.readouterr().err
+    assert sorted(path.name for path in output.iterdir()) == ["comparison.json", "eager"]
+    assert main([*command, "--overwrite"]) == 0
+    assert sorted(path.name for path in output.iterdir()) == ["metrics.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "results.json"]  # no staging folder left
+
+
+def test_output_holding_an_input_is_refused(tmp_path: Path, tiny_coco, capsys) -> None:
+    annotation_file, _ = tiny_coco
+    output = tmp_path / "out"
+    output.mkdir()
+    detections = output / "results.json"
+    detections.write_text(json.dumps(ground_truth_as_results(annotation_file)))
+    error = run_failing(["eval", "--detections", str(detections), "--annotations", str(annotation_file),
+                         "--output", str(output), "--overwrite"], capsys)
+    assert f"--output {output} holds the input {detections}" in error
+    assert detections.is_file()
+
+
+def test_interrupted_writing_leaves_the_output_as_it_was(tmp_path: Path, tiny_coco, monkeypatch, capsys) -> None:
+    import codetr.cli.eval as eval_command
+
+    annotation_file, _ = tiny_coco
+    detections = tmp_path / "results.json"
+    detections.write_text(json.dumps(ground_truth_as_results(annotation_file)))
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "metrics.json").write_text("earlier")
+    monkeypatch.setattr(eval_command, "metrics_document", lambda evaluation: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["eval", "--detections", str(detections), "--annotations", str(annotation_file), "--output", str(output),
+                 "--overwrite"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [(path.name, path.read_text()) for path in output.iterdir()] == [("metrics.json", "earlier")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "results.json"]
+
+
 def run_failing(arguments: list[str], capsys) -> str:
     assert main(arguments) == 2
     return capsys.readouterr().err
@@ -116,6 +163,21 @@ def test_results_with_unknown_image_ids_name_the_file_and_key(tmp_path: Path, ti
     (tmp_path / "dets.json").write_text(json.dumps(results))
     error = run_failing(["eval", "--detections", str(tmp_path / "dets.json"), "--annotations", str(annotation_file)], capsys)
     assert "dets.json[2]: image_id 77 is not in the annotation file (5 images, ids 1, 2, 3, 4, 5)" in error
+
+
+def test_results_of_another_dataset_sharing_image_ids_are_named(tmp_path: Path, tiny_coco, capsys, caplog) -> None:
+    """Results of a 640x480 dataset whose image and category ids the tiny 64x64 one shares: boxes
+    outside the images are an error naming the file; a file covering some images only is a warning."""
+    annotation_file, _ = tiny_coco
+    results = ground_truth_as_results(annotation_file)
+    foreign = [{**entry, "bbox": [300.0, 200.0, 80.0, 60.0]} for entry in results]
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    error = run_failing(["eval", "--detections", str(tmp_path / "foreign.json"), "--annotations", str(annotation_file)], capsys)
+    assert f"{tmp_path / 'foreign.json'}[0]: bbox [300.0, 200.0, 80.0, 60.0] lies wholly outside image 1 (64x64 px" in error
+    partial = [entry for entry in results if entry["image_id"] <= 2]
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    assert main(["eval", "--detections", str(tmp_path / "partial.json"), "--annotations", str(annotation_file)]) == 0
+    assert f"{tmp_path / 'partial.json'}: detections on only 2 of the 5 images of the annotation file (ids 1, 2)" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -179,3 +241,10 @@ def test_torchrun_two_gloo_ranks_write_the_single_process_results(tmp_path: Path
     assert distributed["images"] == 5
     assert (tmp_path / "distributed" / "results.json").read_text() == (tmp_path / "single" / "results.json").read_text()
     assert completed.stdout.count("class AP") == 1  # rank 0 alone prints
+
+
+def test_device_is_checked_like_every_command(capsys) -> None:
+    """The one --device check of codetr.cli.common, before any file is looked at."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--config", str(TINY), "--annotations", "x.json", "--images", "y", "--device", "gpu0"])
+    assert exit_.value.code == 2 and "argument --device: 'gpu0' is not a device (e.g. cpu, cuda, cuda:1)" in capsys.readouterr().err

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from codetr.config import COCO_CATEGORY_IDS, COCO_CLASSES, ConfigError, load_config
+from codetr.config import COCO_CATEGORY_IDS, COCO_CLASSES, ConfigError, load_config, shipped_configs
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "codetr" / "configs"
 
 
 def test_official_r50_lsj_values():
@@ -101,3 +103,37 @@ def test_config_is_frozen():
     config = load_config(CONFIGS / "tiny.toml")
     with pytest.raises(AttributeError):
         config.model.num_classes = 3  # type: ignore[misc]
+
+
+SHIPPED = ["co_dino_5scale_r50_lsj_8xb2_1x_coco", "co_dino_5scale_swin_l_16xb1_16e_o365tococo", "synthetic_r50", "tiny"]
+
+
+def test_a_shipped_config_loads_by_name(tmp_path, monkeypatch):
+    """--config NAME works wherever codetr is installed; a file of that name in the current folder
+    still wins (a path is always a path)."""
+    assert shipped_configs() == SHIPPED
+    by_name = load_config("synthetic_r50")
+    assert by_name == load_config(CONFIGS / "synthetic_r50.toml")
+    assert load_config("tiny.toml").model == load_config(CONFIGS / "tiny.toml").model  # the file name works too
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_text((CONFIGS / "synthetic_r50.toml").read_text())
+    assert load_config("tiny").model == by_name.model
+
+
+def test_an_unknown_config_lists_the_shipped_names(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        load_config("synthetic_r101")
+    assert str(error.value) == (
+        f"config synthetic_r101: no such file, and not a shipped config (shipped: {', '.join(SHIPPED)})"
+    )
+    with pytest.raises(FileNotFoundError, match=f"config {tmp_path / 'absent.toml'}: no such file"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_the_configs_are_package_data(tmp_path):
+    """What a non-editable ``pip install .`` copies (setuptools' build_py: modules and package
+    data; the C++ build is another command) holds every shipped config."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=root, check=True,
+                   capture_output=True, timeout=300)
+    assert sorted(path.stem for path in (tmp_path / "codetr" / "configs").glob("*.toml")) == SHIPPED

@@ -66,7 +66,7 @@ def codetr_infer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def package(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model_aoti.pt2 of the tiny config (random weights, float32, batch 2, static 64x96) on the
     device, made with torch._inductor.aoti_compile_and_package."""
-    config = load_config(ROOT / "configs" / "tiny.toml")
+    config = load_config(ROOT / "codetr" / "configs" / "tiny.toml")
     options = ExportOptions(
         dtype=torch.float32, height=HEIGHT, width=WIDTH, batch_size=BATCH_SIZE,
         artifacts=(Artifact.EXPORTED_PROGRAM,), device=torch.device(request.param),
@@ -90,14 +90,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def metadata_document(variant: dict) -> tuple[dict, PreprocessConfig, NmsConfig, float]:
     """A codetr-export/2 metadata.json for the package, with the variant's pre/post-processing."""
-    config = load_config(ROOT / "configs" / "tiny.toml")
+    config = load_config(ROOT / "codetr" / "configs" / "tiny.toml")
     preprocess = dataclasses.replace(config.preprocess, **variant.get("preprocess", {}))
     nms = variant.get("nms", config.test.nms)
     score_threshold = variant.get("score_threshold", config.test.score_threshold)
     document = {
         "format": METADATA_FORMAT,
         "model": {
-            "config": config.name, "config_file": str(ROOT / "configs" / "tiny.toml"), "checkpoint": None,
+            "config": config.name, "config_file": str(ROOT / "codetr" / "configs" / "tiny.toml"), "checkpoint": None,
             "random_weights": True, "num_classes": config.model.num_classes,
             "class_names": list(config.class_names), "category_ids": list(config.coco_category_ids),
         },
@@ -122,7 +122,7 @@ def python_results(package: Path, folder: Path, preprocess: PreprocessConfig, nm
     """COCO results of the package run from Python on the images, as codetr_infer should write them."""
     runner = torch._inductor.aoti_load_package(str(package))
     device = "cuda" if "cuda" in package.parent.name else "cpu"
-    category_ids = load_config(ROOT / "configs" / "tiny.toml").coco_category_ids
+    category_ids = load_config(ROOT / "codetr" / "configs" / "tiny.toml").coco_category_ids
     paths = sorted(folder.iterdir())
     results = []
     for start in range(0, len(paths), BATCH_SIZE):

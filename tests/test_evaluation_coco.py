@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from codetr.evaluation.coco import (
     load_annotations,
     load_results,
     map_categories,
+    results_mismatch,
 )
 
 CATEGORIES = [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"}, {"id": 9, "name": "star"}]
@@ -151,6 +153,32 @@ def test_malformed_results_name_the_entry_and_key(tmp_path: Path, entry: object,
     good = {"image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 50], "score": 0.5}
     with pytest.raises(ValueError, match=message):
         evaluate_detections([good, entry], annotation_file)
+
+
+def test_a_box_wholly_outside_its_image_is_an_error_naming_the_source(tmp_path: Path) -> None:
+    """Results of another dataset that shares image and category ids: a box that cannot lie in the
+    annotation file's image of that id (128x128 here) is refused."""
+    ground_truth = load_annotations(write_coco(tmp_path / "gt.json", [[(3, [0, 0, 50, 50])], []]))
+    good = {"image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 50], "score": 0.5}
+    check_results([good, {**good, "bbox": [128.5, 0, 10, 10]}], ground_truth, source="dets.json")  # within 1 px
+    for bbox in ([300, 40, 50, 50], [10, 129.5, 5, 5], [-60, 0, 50, 50]):
+        with pytest.raises(ValueError, match=rf"dets.json\[1\]: bbox {re.escape(str(bbox))} lies wholly outside image 2 \(128x128 px in "
+                           r"the annotation file\); are these results for another dataset that shares image ids\?"):
+            check_results([good, {**good, "image_id": 2, "bbox": bbox}], ground_truth, source="dets.json")
+
+
+def test_results_mismatch_names_boxes_beyond_their_image_and_uncovered_images(tmp_path: Path) -> None:
+    ground_truth = load_annotations(write_coco(tmp_path / "gt.json", [[(3, [0, 0, 50, 50])], [], []]))
+    entry = {"image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 50], "score": 0.5}
+    covering = [entry, {**entry, "image_id": 2, "bbox": [77.5, 77.5, 51, 51]}, {**entry, "image_id": 3}]  # 128.5: within 1 px
+    assert results_mismatch(covering, ground_truth, source="dets.json") == []
+    beyond = [entry, {**entry, "bbox": [100, 10, 40, 20]}, {**entry, "bbox": [10, 100, 20, 40]}]
+    assert results_mismatch(beyond, ground_truth, source="dets.json") == [
+        "dets.json: 2 of 3 boxes reach more than 1 px beyond their image's size in the annotation file (first: "
+        "dets.json[1], image 1 (128x128 px): bbox [100, 10, 40, 20]); results for another dataset that shares image "
+        "ids? (or of a detector that does not clip its boxes)",
+        "dets.json: detections on only 1 of the 3 images of the annotation file (ids 1); the other 2 count as all missed",
+    ]
 
 
 def test_results_must_be_a_list(tmp_path: Path) -> None:

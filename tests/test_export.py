@@ -39,7 +39,7 @@ from codetr.models import Detections, build_model
 from codetr.preprocess import make_batch
 from codetr.runtime import load_runtime
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 STATIC_SIZE = (64, 96)
 
 

@@ -18,7 +18,7 @@ from codetr.export import DimRange, ExportOptions
 from codetr.export.metadata import export_preprocessing
 from codetr.preprocess import make_batch, rescaled_size
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "codetr" / "configs"
 R50_LSJ = CONFIGS / "co_dino_5scale_r50_lsj_8xb2_1x_coco.toml"
 # (height, width) of test photos: landscape and portrait 4:3 and 3:2, square, panoramas, tiny.
 PHOTOS = [(480, 640), (640, 480), (427, 640), (640, 427), (500, 500), (300, 1800), (1800, 300), (7, 9)]

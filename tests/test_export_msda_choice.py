@@ -20,7 +20,7 @@ import codetr.tensorrt.plugin as plugin
 from codetr.contract.artifacts import MsdaMode
 from codetr.export.msda_choice import choose_msda
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 
 
 def fake_tensorrt(version: str, creators: set[tuple[str, str, str]]) -> types.ModuleType:

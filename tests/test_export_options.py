@@ -30,7 +30,7 @@ from codetr.export.program import (
 )
 from codetr.export.stages import StageLog
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -144,7 +144,7 @@ def test_dim_range_parse() -> None:
         (["--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
         (["--optimization-level", "7"], "argument --optimization-level: invalid choice: 7"),
         (["--checkpoint", "/nonexistent/co_dino.pth"], "--checkpoint: no such file /nonexistent/co_dino.pth"),
-        (["--config", "/nonexistent/model.toml"], "config file not found: /nonexistent/model.toml"),
+        (["--config", "/nonexistent/model.toml"], "config /nonexistent/model.toml: no such file, and not a shipped config"),
         (["--artifacts", "onnx,tflite"], "--artifacts: unknown tflite"),
         (["--dynamic-height", "64-256"], "--dynamic-height must be MIN:MAX"),
         (["--torch-tensorrt", "partial"], "argument --torch-tensorrt: invalid choice: 'partial'"),
@@ -231,6 +231,21 @@ def test_cli_rejects_torch_tensorrt_on_cpu(capsys, tmp_path: Path, monkeypatch) 
                              "--torch-tensorrt", "full", "--device", "cpu", "--output", str(tmp_path / "out"))
     assert status == 2
     assert "--torch-tensorrt full: Torch-TensorRT compiles on a CUDA GPU; use --device cuda" in stderr
+
+
+def test_the_default_config_is_shipped_in_the_package(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without --config, an installed codetr (no checkout around it) exports the official R50 config
+    from the package; --config takes a shipped config's name from any folder."""
+    import codetr
+    from codetr.cli import build_parser
+    from codetr.config import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["export", "--output", "out"])
+    assert resolve_config(args.config) == Path(codetr.__file__).resolve().parent / "configs" / "co_dino_5scale_r50_lsj_8xb2_1x_coco.toml"
+    assert main(["export", "--config", "tiny", "--output", "out", "--dtype", "float32", "--device", "cpu",
+                 "--artifacts", "exported_program", "--msda", "decomposed", "--height", "64", "--width", "64"]) == 0
+    assert "exported tiny" in capsys.readouterr().out and (tmp_path / "out" / "model.pt2").is_file()
 
 
 def test_help_shows_every_default(capsys) -> None:

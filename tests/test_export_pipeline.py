@@ -21,7 +21,7 @@ from codetr.contract.artifacts import CompileMode
 from codetr.export import Artifact, ExportError, ExportOptions, export_model
 from codetr.models import Detections
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 PROGRAM_ONLY = ExportOptions(dtype=torch.float32, height=64, width=96, artifacts=(Artifact.EXPORTED_PROGRAM,))
 PROGRAM_AND_ONNX = ExportOptions(dtype=torch.float32, height=64, width=96,
                                  artifacts=(Artifact.EXPORTED_PROGRAM, Artifact.ONNX))

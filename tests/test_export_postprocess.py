@@ -27,7 +27,7 @@ from codetr.runtime import load_runtime
 from codetr.runtime.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.toml"
+TINY = ROOT / "codetr" / "configs" / "tiny.toml"
 HEIGHT, WIDTH = 64, 96
 SCORE_THRESHOLD = 0.7
 IOU_THRESHOLD = 0.2
@@ -36,7 +36,7 @@ IOU_THRESHOLD = 0.2
 
 @pytest.fixture(scope="module")
 def soft_nms_config(tmp_path_factory) -> Path:
-    """configs/tiny.toml with the official kind of host NMS (soft-NMS) at IOU_THRESHOLD."""
+    """codetr/configs/tiny.toml with the official kind of host NMS (soft-NMS) at IOU_THRESHOLD."""
     text = re.sub(r'\[test\.nms\]\nkind = "none"', f'[test.nms]\nkind = "soft_nms"\niou_threshold = {IOU_THRESHOLD}',
                   TINY.read_text())
     assert "soft_nms" in text

@@ -17,7 +17,7 @@ from codetr.models import Detections, build_model
 from codetr.postprocess import coco_results, postprocess, soft_nms
 from codetr.preprocess import make_batch, rescaled_size, resize_keep_ratio
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "codetr" / "configs"
 TINY = CONFIGS / "tiny.toml"
 
 
@@ -206,6 +206,57 @@ def test_output_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     assert existing.read_text() == "keep me"
 
 
+def test_an_earlier_run_in_output_is_refused_unless_overwrite_replaces_it(tmp_path, capsys):
+    """A second run never mixes its files with the first's: refused, or with --overwrite the
+    folder holds this run's files only."""
+    first = image_folder(tmp_path / "first", {"a.png": gradient_image(48, 80), "b.png": gradient_image(40, 40)})
+    second = image_folder(tmp_path / "second", {"c.png": gradient_image(50, 60)})
+    output = tmp_path / "out"
+    assert eager(first, output) == 0
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    capsys.readouterr()
+    assert eager(second, output) == 2
+    assert f"--output {output} is not empty (holds a.png.jpg, b.png.jpg, images.json, results.json)" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert eager(second, output, "--overwrite") == 0
+    assert sorted(path.name for path in output.iterdir()) == ["c.png.jpg", "images.json", "results.json"]
+    assert [entry["file_name"] for entry in json.loads((output / "images.json").read_text())] == ["c.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["first", "out", "second"]  # no staging folder left
+
+
+def test_overwrite_never_replaces_a_folder_holding_the_input(tmp_path, capsys):
+    output = tmp_path / "out"
+    inputs = image_folder(output.mkdir() or output / "inputs", {"a.png": gradient_image(48, 80)})
+    assert eager(inputs, output, "--overwrite") == 2
+    assert f"--output {output} holds the input {inputs}" in capsys.readouterr().err
+    assert (inputs / "a.png").is_file()
+
+
+def test_interrupted_infer_leaves_the_output_as_it_was(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first drawing: no half-run in --output, the earlier run intact."""
+    import codetr.cli.infer as infer_command
+
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80), "b.png": gradient_image(40, 40)})
+    output = tmp_path / "out"
+    assert eager(inputs / "a.png", output) == 0
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    saved = []
+
+    def save_then_interrupt(image, path):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(path)
+        image.save(path, format="JPEG")
+
+    monkeypatch.setattr(infer_command, "save_jpeg", save_then_interrupt)
+    assert eager(inputs, output, "--overwrite") == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inputs", "out"]
+    monkeypatch.undo()
+    assert eager(inputs, tmp_path / "new" / "out") == 0 and (tmp_path / "new" / "out" / "b.png.jpg").is_file()
+
+
 def test_unreadable_images_are_named_and_skipped(tmp_path, capsys):
     """Issue 9 item 5 and fault 5: a broken file costs only itself; 16-bit, grayscale, palette,
     RGBA and CMYK images run like 8-bit RGB ones."""
@@ -255,6 +306,18 @@ def test_random_weights_are_marked_on_the_drawings(tmp_path, caplog):
     banner = random[:, :8]  # no detections above threshold 1: only the banner differs from the input
     assert banner[0].mean() > 150 and banner[1].mean() < 60  # red
     assert (trained - 128).abs().max() <= 2  # the plain image (JPEG rounding)
+
+
+def test_an_image_without_detections_is_drawn_without_a_warning(tmp_path, recwarn):
+    """torchvision's draw_bounding_boxes warns "boxes doesn't contain any box" for none: no
+    detection above the threshold is normal, not something to warn a user about."""
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(40, 60)})
+    assert eager(inputs, tmp_path / "out", "--score-threshold", "1") == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == []
+    assert [str(warning.message) for warning in recwarn if "box" in str(warning.message)] == []
+    drawn = decode_image(str(tmp_path / "out" / "a.png.jpg")).float()
+    # below the random-weights banner, the plain image (JPEG rounding)
+    assert (drawn[:, 20:] - gradient_image(40, 60)[:, 20:].float()).abs().mean() < 2
 
 
 def test_exported_model_runs_from_its_metadata(tmp_path, tiny_float16_export, capsys, caplog):

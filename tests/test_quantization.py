@@ -33,7 +33,7 @@ from codetr.quantization.qdq import QuantDequant, QuantizedConv2d, QuantizedLine
 from codetr.runtime import load_runtime  # noqa: E402
 from codetr.tensorrt.inspect import EngineLayer  # noqa: E402
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 SIZE = (64, 96)
 CALIBRATION_IMAGES = 3
 

@@ -28,7 +28,7 @@ from codetr.runtime.onnxruntime import OnnxRuntime
 from codetr.runtime.tensorrt import TensorRTRuntime
 from codetr.runtime.torch_tensorrt import TorchTensorRTRuntime
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 
 
 class StandIn(torch.nn.Module):

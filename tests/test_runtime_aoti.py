@@ -25,7 +25,7 @@ from codetr.models import Detections, build_model
 from codetr.runtime import load_runtime
 from codetr.runtime.aoti import AOTIRuntime
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "codetr" / "configs"
 HEIGHT, WIDTH = 64, 96  # the size of the conftest's tiny_aoti_export
 
 

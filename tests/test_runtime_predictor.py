@@ -1,4 +1,4 @@
-"""Predictor (runtime + pre/post-processing) and the eager runtime, on configs/tiny.toml (CPU)."""
+"""Predictor (runtime + pre/post-processing) and the eager runtime, on codetr/configs/tiny.toml (CPU)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from codetr.runtime.base import Runtime, check_inputs
 from codetr.runtime.eager import EagerRuntime
 from codetr.runtime.predictor import Predictor
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 
 
 def gradient_image(height: int, width: int, phase: int = 0) -> torch.Tensor:

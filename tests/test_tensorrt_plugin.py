@@ -424,7 +424,7 @@ def test_tiny_co_dino_plugin_onnx_builds_with_a_plugin_layer_per_msda_node(
     from codetr.export import Artifact, ExportOptions, MsdaMode, export_model
     from codetr.models import build_model
 
-    config = load_config(ROOT / "configs" / "tiny.toml")
+    config = load_config(ROOT / "codetr" / "configs" / "tiny.toml")
     options = ExportOptions(dtype=torch.float32, height=64, width=96, msda=MsdaMode.PLUGIN,
                             artifacts=(Artifact.ONNX,))
     folder = tmp_path_factory.mktemp("tiny_plugin")

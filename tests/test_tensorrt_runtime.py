@@ -18,7 +18,7 @@ import torch
 from codetr.models import Detections
 from codetr.runtime.tensorrt import TensorRTRuntime, check_engine_metadata, torch_dtype
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
 SIZE = (64, 96)
 
 

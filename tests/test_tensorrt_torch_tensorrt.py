@@ -91,7 +91,7 @@ def test_full_compile_reaches_the_plugin_converter(reports):
 def test_tiny_co_dino_hybrid_has_one_pytorch_segment_per_msda_call(hybrid_reports):
     from codetr.config import load_config
 
-    transformer = load_config(ROOT / "configs" / "tiny.toml").model.transformer
+    transformer = load_config(ROOT / "codetr" / "configs" / "tiny.toml").model.transformer
     msda_calls = transformer.encoder_layers + transformer.decoder_layers  # one MSDA per layer
     report = hybrid_reports["tiny-hybrid"]
     assert report["pytorch_ops"] == ["codetr.msda.default"]

@@ -10,7 +10,7 @@ import pytest
 from codetr.cli import main
 from codetr.config import load_config
 
-TINY = "configs/tiny.toml"
+TINY = "codetr/configs/tiny.toml"
 
 
 def test_train_end_to_end(tmp_path, rectangle_dataset, capsys):
@@ -53,7 +53,7 @@ def test_output_folder_faults_are_refused_before_any_work(tmp_path, rectangle_da
     run_folder = tmp_path / "run"
     run_folder.mkdir()
     (run_folder / "train_log.jsonl").write_text("{}\n")
-    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+    config = Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml"
     base = ["train", "--config", str(config), "--data", str(data), "--iterations", "1", "--device", "cpu"]
     assert main([*base, "--output", str(run_folder)]) == 2
     assert "already holds a training run; pass --resume" in capsys.readouterr().err

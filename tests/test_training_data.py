@@ -10,7 +10,7 @@ import torch
 from codetr.config import load_config
 from codetr.training.data import CocoTrainDataset, GlobalBatchSampler, Sample, collate, resolve_split
 
-TINY = "configs/tiny.toml"
+TINY = "codetr/configs/tiny.toml"
 
 
 def test_ranks_share_each_global_batch():

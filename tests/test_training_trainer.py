@@ -18,7 +18,7 @@ from codetr.config import load_config
 from codetr.models import build_model
 from codetr.training.trainer import TrainOptions, train
 
-TINY = "configs/tiny.toml"
+TINY = "codetr/configs/tiny.toml"
 
 
 def _options(data, output, **changes) -> TrainOptions:

@@ -61,7 +61,7 @@ def tiny_co_dino_program() -> tuple[torch.export.ExportedProgram, tuple[torch.Te
     from codetr.export.program import example_inputs, export_program, prepare_model
     from codetr.models import build_model
 
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
+    config = load_config(Path(__file__).resolve().parents[1] / "codetr" / "configs" / "tiny.toml")
     options = ExportOptions(dtype=torch.float32, height=64, width=96, msda=MsdaMode.PLUGIN)
     program = export_program(prepare_model(build_model(config), options), options, config.preprocess.size_divisor)
     return program, example_inputs(options)

@@ -7,9 +7,10 @@ JSON document::
     results  one object per measured point: artifact (the path or "eager"), label, cuda_graph,
              batch_size, input_shape [B, 3, H, W], dtype, device,
              latency_ms {min, median, p90, p99, max}, images_per_second, peak_memory_gib (null when
-             not measurable), end_to_end {ms_per_image, images_per_second, images, workers} or null,
-             profile {calls, total_ms_per_call, groups, kernels: [{name, ms_per_call,
-             launches_per_call}]} or null (``--profile``)
+             not measurable), end_to_end {ms_per_image, images_per_second, images, workers,
+             skipped (the --images files that could not be read)} or null, profile {calls,
+             total_ms_per_call, groups, kernels: [{name, ms_per_call, launches_per_call}]} or null
+             (``--profile``)
     skipped  artifact, label, batch_size, reason, failed: each point that was not measured
 """
 

@@ -65,12 +65,14 @@ class BenchSettings:
 @dataclasses.dataclass(frozen=True)
 class EndToEnd:
     """Decode + pre-process + model + post-process over ``images`` files, timed from the first
-    decoded batch (DataLoader worker start-up excluded) to the last post-processed one."""
+    decoded batch (DataLoader worker start-up excluded) to the last post-processed one.
+    ``skipped``: the files that could not be read, not counted in ``images``."""
 
     ms_per_image: float
     images_per_second: float
     images: int
     workers: int
+    skipped: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,21 +189,24 @@ def measure_point(
 
 def measure_end_to_end(predictor: Predictor, paths: Sequence[Path], batch_size: int, workers: int) -> EndToEnd:
     """Time :class:`Predictor` over the image files ``paths``, ``batch_size`` at a time, decoded in
-    ``workers`` DataLoader workers. Raises ValueError naming a file that cannot be decoded."""
-    count = 0
+    ``workers`` DataLoader workers. A file that cannot be read is skipped (its failed decode is
+    timed, it is not counted) and listed in ``skipped``; ValueError when none can be read."""
+    count, skipped = 0, []
     started = None
     for records in image_loader(paths, batch_size=batch_size, workers=workers):
         if started is None:
             started = time.perf_counter()
-        for record in records:
-            if record.image is None:
-                raise ValueError(f"--images: {record.error}")
-        predictor([record.image for record in records])
-        count += len(records)
+        skipped += [str(record.path) for record in records if record.image is None]
+        readable = [record.image for record in records if record.image is not None]
+        if readable:
+            predictor(readable)
+        count += len(readable)
+    if count == 0:
+        raise ValueError(f"--images: none of the {len(paths)} image(s) could be read")
     if predictor.runtime.device.type == "cuda":
         torch.cuda.synchronize(predictor.runtime.device)
     elapsed = time.perf_counter() - started
-    return EndToEnd(elapsed * 1e3 / count, count / elapsed, count, workers)
+    return EndToEnd(elapsed * 1e3 / count, count / elapsed, count, workers, tuple(skipped))
 
 
 def _dtype_of(predictor: Predictor, target: Target) -> str:

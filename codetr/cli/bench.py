@@ -1,25 +1,27 @@
 """``codetr bench``: latency, throughput and memory of exported models and the eager model.
 
-    codetr bench out/model_aoti.pt2 out/model.pt2 eager:float16 --config configs/x.toml \\
+    codetr bench out/model_aoti.pt2 out/model.pt2 eager:float16 --config synthetic_r50 \\
         --batch-sizes 1,8 --json bench.json --plot bench.png
 
 Measures every ARTIFACT at every batch size (see :mod:`codetr.benchmark`) and prints one table;
 a static-batch export at another batch size is listed as skipped, not an error. A point whose
 loading or run fails (out of memory, ...) is listed as failed and the others still run; the
-exit status is then 1.
+exit status is then 1. An ``--images`` file that cannot be read is named on stderr and left out
+of the end-to-end time (as ``codetr infer`` and ``eval`` skip it).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
-
-import torch
 
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
 from codetr.benchmark.report import format_table, plot, to_document, write_json
 from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets
+from codetr.cli.common import CONFIG_HELP, device_type
+from codetr.config import resolve_config
 from codetr.data.images import list_images
 from codetr.models import DTYPES
 
@@ -39,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"an exported file (metadata.json beside it), or '{EAGER}' (--config in --dtype) or "
         f"'{EAGER}:DTYPE' ({', '.join(DTYPES)})",
     )
-    parser.add_argument("--config", type=Path, help="model config TOML, for eager (default: none)")
+    parser.add_argument("--config", type=Path, help=f"the config of eager: {CONFIG_HELP} (default: none)")
     parser.add_argument("--checkpoint", type=Path, help="weights for eager (default: random; they time the same)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of plain 'eager' (default: %(default)s)")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, e.g. 1,4,8 (default: %(default)s)")
@@ -54,7 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", type=Path, help="a folder of images (or one image) to also time end to end (default: model-only timing)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding --images (default: %(default)s)")
-    parser.add_argument("--device", help="device to run on (default: each artifact's own; eager: cuda if available)")
+    parser.add_argument("--device", type=device_type,
+                        help="cpu, cuda or cuda:N (default: each artifact's own; eager: cuda if available)")
     parser.add_argument("--allow-tf32", action="store_true", help="let eager float32 use TF32 on the GPU (default: IEEE float32)")
     parser.add_argument(
         "--profile", action="store_true",
@@ -77,20 +80,13 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.config is not None and not args.config.is_file():
-        raise FileNotFoundError(f"--config: no such file {args.config}")
+    if args.config is not None:
+        resolve_config(args.config)  # FileNotFoundError listing the shipped names, before any work
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None and not path.parent.is_dir():
             raise FileNotFoundError(f"{option}: folder {path.parent} does not exist")
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise ValueError(f"--device {args.device!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: no CUDA GPU is visible to torch; use --device cpu")
     if args.profile and not torch.cuda.is_available():
         raise ValueError("--profile records CUDA kernels and needs a CUDA GPU; none is visible to torch")
     settings = BenchSettings(
@@ -103,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         config=args.config,
         checkpoint=args.checkpoint,
-        device=args.device,
+        device=None if args.device is None else str(args.device),
         allow_tf32=args.allow_tf32,
         profile=args.profile,
     )
@@ -112,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"'{EAGER}' needs --config (the model to build)")
     outcomes = run_benchmark(targets, settings)
     print(format_table(outcomes))
+    skipped = sorted({path for outcome in outcomes if isinstance(outcome, BenchResult) and outcome.end_to_end
+                      for path in outcome.end_to_end.skipped})
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s) in the end-to-end time: {', '.join(skipped)}", file=sys.stderr)
     if args.json is not None:
         write_json(to_document(outcomes, settings, args.dtype), args.json)
         print(f"results -> {args.json}")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+
+from codetr.config import shipped_configs
 
 logger = logging.getLogger("codetr")
 
@@ -49,3 +54,37 @@ def warn_random_weights(seed: int) -> None:
     )
     banner = "!" * len(message)
     logger.warning("\n%s\n%s\n%s", banner, message, banner)
+
+
+CONFIG_HELP = f"a config TOML file, or a shipped config's name ({', '.join(shipped_configs())})"
+
+OVERWRITE_HELP = "replace an --output folder that is not empty, and everything in it (default: refuse)"
+
+
+def check_output_folder(output: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Raise, before any work, unless a run can be written to ``output`` as one unit
+    (:func:`codetr.atomic.atomic_dir`): ``output`` must be missing or an empty folder, or, with
+    ``overwrite``, a folder that is then replaced whole, so an earlier run's files never sit
+    beside this run's. Never a file, the current folder, or a folder holding one of ``inputs``
+    (replacing it would delete them). NotADirectoryError, FileExistsError, ValueError or
+    PermissionError naming --output."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} is an existing file; give a folder (created if missing)")
+    resolved = output.resolve()
+    if Path.cwd().resolve().is_relative_to(resolved):
+        raise ValueError(f"--output {output} holds the current folder, which a finished run replaces; choose another folder")
+    for given in inputs:
+        if given.resolve().is_relative_to(resolved):
+            raise ValueError(f"--output {output} holds the input {given}, which a finished run replaces; choose another folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        found = sorted(entry.name for entry in output.iterdir())
+        listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise FileExistsError(
+            f"--output {output} is not empty (holds {listing}); choose a new or empty folder, or pass --overwrite "
+            "to replace that folder and everything in it"
+        )
+    existing = next(folder for folder in resolved.parents if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"--output {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output {output}: cannot write into {existing}")

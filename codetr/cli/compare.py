@@ -9,19 +9,26 @@ host post-processing) are compared by Polygraphy's comparator (``SimpleCompareFu
 outputs (found through the exporter's name-scope metadata, :mod:`codetr.runtime.layers`) are
 compared with the PyTorch modules' outputs (forward hooks), in graph order, and the first layer
 that fails the tolerance is named: where the error jumps.
+
+An image that cannot be read is named on stderr and skipped (as by ``codetr infer`` and ``eval``);
+``--max-images`` counts the images that were read.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
+from codetr.cli.common import CONFIG_HELP
+from codetr.config import resolve_config
 from codetr.contract.io import OUTPUT_NAMES
-from codetr.data.images import list_images, read_image
+from codetr.data.images import ImageReadError, list_images, read_image
 from codetr.preprocess import make_batch
 from codetr.runtime.predictor import Predictor
 
@@ -35,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "output on real images with Polygraphy's comparator; with --per-layer, an ONNX file against the PyTorch "
         "model layer by layer, naming the first layer whose error exceeds the tolerance.",
     )
-    parser.add_argument("model_a", type=Path, help="artifact (model.pt2, model.onnx, model.engine, ...) or config .toml")
-    parser.add_argument("model_b", type=Path, help="artifact or config .toml")
+    parser.add_argument("model_a", type=Path,
+                        help=f"artifact (model.pt2, model.onnx, model.engine, ...), or for the PyTorch model {CONFIG_HELP}")
+    parser.add_argument("model_b", type=Path, help="artifact or config, as model_a")
     parser.add_argument("--images", type=Path, required=True, help="image file or folder of images")
     parser.add_argument("--max-images", type=int, default=4, help="images to compare at most (default: %(default)s)")
     parser.add_argument("--checkpoint", type=Path, help="weights of a config-TOML side (default: random weights)")
@@ -52,11 +60,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _load(path: Path, checkpoint: Path | None) -> Predictor:
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file or config at {path}")
-    if path.suffix == ".toml":
-        return Predictor.from_config(path, checkpoint=checkpoint, device="cpu")
-    return Predictor.from_artifact(path, device="cpu")
+    """An artifact file, else a config TOML file or a shipped config's name (the eager model)."""
+    if path.is_file() and path.suffix != ".toml":
+        return Predictor.from_artifact(path, device="cpu")
+    try:
+        config = resolve_config(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path} is no model file, and {error}") from None
+    return Predictor.from_config(config, checkpoint=checkpoint, device="cpu")
 
 
 def compare_arrays(name_a: str, outputs_a: list[dict], name_b: str, outputs_b: list[dict], args) -> dict[str, object]:
@@ -86,17 +97,18 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     side_a, side_b = _load(args.model_a, args.checkpoint), _load(args.model_b, args.checkpoint)
-    paths = list_images(args.images)[: args.max_images]
-    if not paths:
-        raise FileNotFoundError(f"--images: no images in {args.images}")
-    batches = [make_batch([read_image(path)], side_a.preprocess) for path in paths]
+    paths = list_images(args.images)
+    images = read_images(paths, args.max_images)
+    if not images:
+        raise ValueError(f"--images: none of the {len(paths)} image(s) in {args.images} could be read")
+    batches = [make_batch([image], side_a.preprocess) for image in images]
 
     def raw(side: Predictor) -> list[dict[str, np.ndarray]]:
         return [{name: tensor.detach().float().cpu().numpy() for name, tensor in
                  zip(OUTPUT_NAMES, side.runtime(batch.images, batch.image_sizes))} for batch in batches]
 
     outputs = compare_arrays(str(args.model_a), raw(side_a), str(args.model_b), raw(side_b), args)
-    print(f"{len(paths)} image(s), {args.check_error_stat} error against atol {args.atol} / rtol {args.rtol}:")
+    print(f"{len(images)} image(s), {args.check_error_stat} error against atol {args.atol} / rtol {args.rtol}:")
     for name, result in outputs.items():
         print(f"  {name:<8} {'ok  ' if result else 'FAIL'} max abs {result.max_absdiff:.3g}  "
               f"mean abs {result.mean_absdiff:.3g}  mean rel {result.mean_reldiff:.3g}")
@@ -104,6 +116,20 @@ def run(args: argparse.Namespace) -> int:
     if args.per_layer:
         passed &= _per_layer(args, side_a, side_b, batches[0])
     return 0 if passed else 1
+
+
+def read_images(paths: list[Path], count: int) -> list[torch.Tensor]:
+    """The first ``count`` images of ``paths`` that can be read (uint8 RGB [3, H, W]); each one
+    that cannot is named on stderr and skipped."""
+    images = []
+    for path in paths:
+        if len(images) == count:
+            break
+        try:
+            images.append(read_image(path))
+        except (FileNotFoundError, ImageReadError) as error:
+            print(f"skipped: {error}", file=sys.stderr)
+    return images
 
 
 def _per_layer(args, side_a: Predictor, side_b: Predictor, batch) -> bool:

@@ -4,6 +4,9 @@ One model: ``OUT/metrics.json`` and ``OUT/results.json``. Several (``--model`` r
 ``--config`` for the eager model, which comes first): one subfolder per model and
 ``OUT/comparison.json`` with each model's AP difference to the first and, per image, the largest
 score and box differences of matched top detections (:mod:`codetr.evaluation.compare`).
+``OUT`` is new, empty, or with ``--overwrite`` an earlier run's folder that is replaced whole; the
+files are written beside it and swapped in at the end (:func:`codetr.atomic.atomic_dir`), so it
+never mixes two runs' files and an error or Ctrl-C leaves it as it was.
 Under ``torchrun --nproc-per-node N -m codetr eval ...`` the images are sharded over the ranks
 and rank 0 scores, prints and writes.
 """
@@ -20,11 +23,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from codetr.atomic import atomic_path
-from codetr.cli.common import USE_EMA_HELP
+from codetr.atomic import atomic_dir, atomic_path
+from codetr.cli.common import CONFIG_HELP, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type
 from codetr.config import load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
-from codetr.evaluation.coco import BBOX_METRICS, Metrics, evaluate_detections, load_results
+from codetr.evaluation.coco import (
+    BBOX_METRICS, Metrics, evaluate_detections, load_annotations, load_results, results_mismatch,
+)
 from codetr.evaluation.compare import compare_detections
 from codetr.evaluation.runner import RunStats, evaluate_model
 from codetr.models import DTYPES
@@ -57,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--model", type=Path, action="append", default=[], dest="models", metavar="ARTIFACT",
                         help="exported model (.pt2, .onnx, .engine, ...) with its metadata.json; repeat to "
                         "compare several on the same images (the first is the reference)")
-    source.add_argument("--config", type=Path, help="config TOML: evaluate the eager PyTorch model (first in the table)")
+    source.add_argument("--config", type=Path, help=f"evaluate the eager PyTorch model (first in the table) of this config: {CONFIG_HELP}")
     source.add_argument("--checkpoint", type=Path, help="weights for --config (default: none, random weights)")
     source.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     source.add_argument("--dtype", choices=sorted(DTYPES), default=None,
@@ -70,10 +75,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--data", type=Path, help="dataset folder: COCO 2017 layout (annotations/instances_val2017.json, "
                       "val2017/) or the generated one (annotations/instances_val.json, val/)")
     data.add_argument("--split", default="val", help="split of --data (default: %(default)s)")
-    parser.add_argument("--output", type=Path, help="folder for metrics.json and results.json (default: print only)")
+    parser.add_argument("--output", type=Path,
+                        help="new or empty folder for metrics.json and results.json (default: print only)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (default: %(default)s)")
-    parser.add_argument("--device", default=None,
+    parser.add_argument("--device", type=device_type, default=None,
                         help="cpu, cuda or cuda:N (default: for --config, cuda when a GPU is visible, else cpu; for "
                         "--model, the artifact's own); under torchrun, cuda means each rank's own GPU (LOCAL_RANK)")
     parser.add_argument("--score-threshold", type=float, default=0.0,
@@ -83,12 +90,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    if args.output is not None and args.output.exists() and not args.output.is_dir():
-        raise NotADirectoryError(f"--output {args.output} exists and is not a folder")
+    if args.output is not None:
+        inputs = [path for path in (args.annotations, args.images, args.data, args.detections, *args.models) if path]
+        check_output_folder(args.output, args.overwrite, inputs)
     annotation_file, image_dir = _dataset_files(args)
     if args.detections is not None:
         results = load_results(args.detections)
-        metrics = evaluate_detections(results, annotation_file, source=str(args.detections))
+        ground_truth = load_annotations(annotation_file)
+        metrics = evaluate_detections(results, ground_truth, source=str(args.detections))
+        for message in results_mismatch(results, ground_truth, source=str(args.detections)):
+            logger.warning("%s", message)
         evaluations = [Evaluation(args.detections.name, results, metrics, None)]
     else:
         evaluations = _run_models(args, annotation_file, image_dir)
@@ -135,7 +146,7 @@ def _dataset_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 def _run_models(args: argparse.Namespace, annotation_file: Path, image_dir: Path) -> list[Evaluation] | None:
     dataset = CocoDetection(annotation_file, image_dir)
-    device = _start_distributed(args.device)
+    device = _start_distributed(None if args.device is None else str(args.device))
     try:
         artifacts = ([None] if args.config is not None else []) + list(args.models)  # None: the eager model
         evaluations = []
@@ -259,16 +270,17 @@ def _fraction(value: float, width: int = 8) -> str:
 
 
 def write_outputs(output: Path, evaluations: list[Evaluation], comparison: dict[str, object] | None, write_results: bool) -> None:
-    """OUT/metrics.json (+ results.json) for one model; OUT/<label>/... and comparison.json for several."""
-    output.mkdir(parents=True, exist_ok=True)
-    for evaluation in evaluations:
-        folder = output / evaluation.label if len(evaluations) > 1 else output
-        folder.mkdir(exist_ok=True)
-        _write_json(folder / "metrics.json", metrics_document(evaluation), indent=1)
-        if write_results:
-            _write_json(folder / "results.json", evaluation.results)
-    if comparison is not None:
-        _write_json(output / "comparison.json", comparison, indent=1)
+    """OUT/metrics.json (+ results.json) for one model; OUT/<label>/... and comparison.json for several;
+    OUT is replaced whole (see the module docstring)."""
+    with atomic_dir(output) as staging:
+        for evaluation in evaluations:
+            folder = staging / evaluation.label if len(evaluations) > 1 else staging
+            folder.mkdir(exist_ok=True)
+            _write_json(folder / "metrics.json", metrics_document(evaluation), indent=1)
+            if write_results:
+                _write_json(folder / "results.json", evaluation.results)
+        if comparison is not None:
+            _write_json(staging / "comparison.json", comparison, indent=1)
     logger.info("wrote %s", output)
 
 

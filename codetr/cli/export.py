@@ -16,7 +16,7 @@ import torch
 
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
-from codetr.cli.common import FLOAT16_ON_CPU, USE_EMA_HELP, default_device, device_type, warn_random_weights
+from codetr.cli.common import CONFIG_HELP, FLOAT16_ON_CPU, USE_EMA_HELP, default_device, device_type, warn_random_weights
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
@@ -36,7 +36,8 @@ from codetr.tensorrt.torch_tensorrt import torch_tensorrt_unavailable_reason
 
 logger = logging.getLogger("codetr.export")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "co_dino_5scale_r50_lsj_8xb2_1x_coco.toml"
+DEFAULT_CONFIG = "co_dino_5scale_r50_lsj_8xb2_1x_coco"
+"""The shipped config of the official Co-DINO R50 LSJ model (see codetr.config.shipped_configs)."""
 DEFAULT_TIMING_CACHE = cache_dir("tensorrt_timing.cache")
 AUTO_ARTIFACTS = "auto"
 
@@ -53,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="output folder: new, empty, or a previous codetr export (replaced whole)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output folder that holds other files, and everything in it (default: refuse)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="model config TOML (default: %(default)s)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"{CONFIG_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint", type=Path,
                         help="official Co-DETR (mmdet 2.x/3.x) or codetr checkpoint (default: none, random weights)")
     parser.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)

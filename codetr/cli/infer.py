@@ -6,8 +6,10 @@ gives the pre-processing, input size, class names and NMS, so ``--model`` needs 
 Images are decoded by :func:`codetr.data.images.image_loader` in DataLoader workers and run
 ``--batch-size`` at a time.
 
-Writes into the output folder (created if missing; it must not be the input folder, so an input
-is never written over):
+Writes one run into the output folder: new, empty, or with ``--overwrite`` an earlier one that is
+replaced whole (never the input folder, nor one holding the inputs). The run is written into a
+folder beside it and swapped in when done (:func:`codetr.atomic.atomic_dir`), so the folder never
+mixes two runs' files, and an error or Ctrl-C leaves it as it was. It holds:
 
 ``<input file name>.jpg``
     each input with its boxes, class names and scores drawn, e.g. ``a.png`` -> ``a.png.jpg`` and
@@ -43,8 +45,10 @@ from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from codetr.atomic import atomic_path
-from codetr.cli.common import FLOAT16_ON_CPU, USE_EMA_HELP, device_type, warn_random_weights
+from codetr.atomic import atomic_dir, atomic_path
+from codetr.cli.common import (
+    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, warn_random_weights,
+)
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
 from codetr.models import DTYPES
 from codetr.postprocess import ImageDetections, coco_results
@@ -70,15 +74,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source = parser.add_argument_group("model (give --model, or --config with an optional --checkpoint)")
     source.add_argument("--model", type=Path, help="an exported artifact: model.pt2, model.onnx, model.engine, "
                         "model_torch_tensorrt.pt2, with the export's metadata.json beside it (default: none)")
-    source.add_argument("--config", type=Path, help="configs/*.toml, to run the eager PyTorch model (default: none)")
+    source.add_argument("--config", type=Path, help=f"the eager PyTorch model's config: {CONFIG_HELP} (default: none)")
     source.add_argument("--checkpoint", type=Path, help="with --config: official .pth (either layout) or codetr's own "
                         "(default: none = deterministic random weights, meaningless detections)")
     source.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     parser.add_argument("--input", required=True, type=Path,
                         help=f"an image file or a folder of images ({', '.join(IMAGE_SUFFIXES)}; not recursive)")
     parser.add_argument("--output", required=True, type=Path,
-                        help="folder for drawn images, results.json and images.json (created if missing; "
-                        "must not be the input folder)")
+                        help="folder for drawn images, results.json and images.json: new or empty (created if "
+                        "missing; never the input folder)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--score-threshold", type=float, default=0.3,
                         help="keep detections scoring above this and above the model's own test threshold (default: 0.3)")
     parser.add_argument("--batch-size", type=int, default=1,
@@ -104,7 +109,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     paths = list_images(args.input)
-    check_output(args.output, args.input)
+    check_output(args.output, args.input, args.overwrite)
     # Workers start decoding now, while the model loads (and fork before its libraries start threads).
     batches = iter(image_loader(paths, args.batch_size, args.workers))
     predictor = make_predictor(args)
@@ -113,9 +118,21 @@ def run(args: argparse.Namespace) -> int:
         warn_random_weights(RANDOM_WEIGHTS_SEED)
     elif predictor.random_weights:
         logger.warning("%s was exported without --checkpoint: RANDOM WEIGHTS, its detections are meaningless", args.model)
-    args.output.mkdir(parents=True, exist_ok=True)
     image_ids = coco_image_ids(paths)
+    with atomic_dir(args.output) as staging:
+        image_entries, results, skipped = run_images(predictor, batches, paths, image_ids, args.score_threshold, staging)
+    print(f"{len(image_entries)} image(s), {len(results)} detection(s) -> {args.output}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(str(path) for path in skipped)}", file=sys.stderr)
+        return 1
+    return 0
 
+
+def run_images(
+    predictor: Predictor, batches, paths: list[Path], image_ids: list[int], score_threshold: float, output: Path
+) -> tuple[list[dict], list[dict], list[Path]]:
+    """Run every batch, drawing into ``output``: (COCO images entries, COCO results, skipped paths).
+    ValueError when no image could be read."""
     results, image_entries, skipped = [], [], []
     with tqdm(total=len(paths), desc="infer", unit="image", disable=len(paths) == 1) as progress:
         for records in batches:
@@ -124,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                     skipped.append(record.path)
                     tqdm.write(f"skipped: {record.error}", file=sys.stderr)
             readable = [record for record in records if record.image is not None]
-            detections = predictor([record.image for record in readable], args.score_threshold) if readable else []
+            detections = predictor([record.image for record in readable], score_threshold) if readable else []
             for record, found in zip(readable, detections):
                 image_id = image_ids[record.index]
                 results += coco_results(image_id, found, predictor.category_ids)
@@ -133,17 +150,13 @@ def run(args: argparse.Namespace) -> int:
                     {"id": image_id, "file_name": record.path.name, "height": int(height), "width": int(width)}
                 )
                 drawing = draw(record.image, found, predictor.class_names, predictor.random_weights)
-                save_jpeg(drawing, args.output / f"{record.path.name}.jpg")
+                save_jpeg(drawing, output / f"{record.path.name}.jpg")
             progress.update(len(records))
     if not image_entries:
         raise ValueError(f"none of the {len(paths)} image(s) could be read (see the messages above)")
-    write_json(args.output / "results.json", results, indent=None)
-    write_json(args.output / "images.json", image_entries, indent=1)
-    print(f"{len(image_entries)} image(s), {len(results)} detection(s) -> {args.output}")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(str(path) for path in skipped)}", file=sys.stderr)
-        return 1
-    return 0
+    write_json(output / "results.json", results, indent=None)
+    write_json(output / "images.json", image_entries, indent=1)
+    return image_entries, results, skipped
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -164,17 +177,16 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
 
 
-def check_output(output: Path, source: Path) -> None:
-    """Refuse an ``--output`` that is a file, or that is the folder the inputs are in (drawn images
-    and JSON files there could replace the user's files)."""
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} is an existing file; give a folder (created if missing)")
+def check_output(output: Path, source: Path, overwrite: bool) -> None:
+    """Refuse an ``--output`` that is the folder the inputs are in, and any that
+    :func:`codetr.cli.common.check_output_folder` refuses."""
     input_folder = source if source.is_dir() else source.parent
     if output.exists() and os.path.samefile(output, input_folder):
         raise ValueError(
             f"--output {output} is the input folder; write the drawn images and JSON to another folder, "
             f"e.g. --output {input_folder.resolve().name}_detections"
         )
+    check_output_folder(output, overwrite, inputs=[source])
 
 
 def make_predictor(args: argparse.Namespace) -> Predictor:
@@ -204,7 +216,9 @@ def draw(image: torch.Tensor, detections: ImageDetections, class_names: tuple[st
     """``image`` (uint8 RGB [3, H, W]) with each box and "<class> <score>" drawn in red; with
     ``random_weights``, a red banner across the top saying so."""
     captions = [f"{class_names[label]} {score:.2f}" for label, score in zip(detections.labels.tolist(), detections.scores.tolist())]
-    drawing = to_pil_image(draw_bounding_boxes(image, detections.boxes, labels=captions, colors="red", width=2))
+    if captions:
+        image = draw_bounding_boxes(image, detections.boxes, labels=captions, colors="red", width=2)
+    drawing = to_pil_image(image)  # without detections the image as it is (torchvision would warn "no box")
     if random_weights:
         font = ImageFont.load_default(size=max(10, min(drawing.size) // 24))
         canvas = ImageDraw.Draw(drawing)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from codetr.checkpoint import load_checkpoint
-from codetr.cli.common import default_device, device_type, warn_random_weights
+from codetr.cli.common import CONFIG_HELP, default_device, device_type, warn_random_weights
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
 from codetr.config import load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate COCO AP: writes the AP drop per group as JSON and a Markdown table. Needs "
         "pip install 'codetr[int8]'.",
     )
-    parser.add_argument("--config", type=Path, required=True, help="model config TOML")
+    parser.add_argument("--config", type=Path, required=True, help=CONFIG_HELP)
     parser.add_argument("--checkpoint", type=Path, help="weights (default: none, random weights: meaningless AP)")
     parser.add_argument("--data", type=Path, required=True,
                         help="COCO-format dataset folder (annotations/instances_<split>[2017].json and its images)")

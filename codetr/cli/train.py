@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from codetr.cli.common import device_type
+from codetr.cli.common import CONFIG_HELP, device_type
 from codetr.config import load_config
 from codetr.training.trainer import AMP_DTYPES, TrainOptions, train
 
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", required=True, type=Path, help="configs/*.toml (its [train] table holds the recipe)")
+    parser.add_argument("--config", required=True, type=Path, help=f"{CONFIG_HELP}; its [train] table holds the recipe")
     parser.add_argument("--data", required=True, type=Path, help="dataset root: COCO 2017 layout or `codetr data synthetic` output")
     parser.add_argument("--output", required=True, type=Path, help="folder for checkpoints, logs and the loss plot")
     parser.add_argument("--checkpoint", type=Path, default=None, help="initial weights (official or own .pth); default: from scratch")

@@ -28,6 +28,10 @@ BBOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
 
 _REQUIRED_ANNOTATION_KEYS = ("image_id", "category_id", "bbox", "area")
 
+BOX_TOLERANCE = 1.0
+"""Pixels a result box may reach beyond its image (width x height of the annotation file's entry)
+before it counts as beyond it: boxes clamped to the image and rounded stay within."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Metrics:
@@ -90,10 +94,14 @@ def load_annotations(annotation_file: str | Path) -> COCO:
 def check_results(results: object, ground_truth: COCO, source: str = "results") -> None:
     """Raise ValueError naming ``source``, the entry and the key unless ``results`` is a list of
     COCO bbox results: {"image_id": an image of the annotation file, "category_id": one of its
-    categories, "bbox": [x, y, width, height] finite, width and height >= 0, "score": finite}."""
+    categories, "bbox": [x, y, width, height] finite, width and height >= 0, not wholly outside
+    the image's width x height (more than :data:`BOX_TOLERANCE` px; images without a size are
+    not checked), "score": finite}. A box outside its image is the sign, found without scoring,
+    of results for another dataset whose image ids overlap this one's."""
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a JSON list of detections, got {type(results).__name__}")
     image_ids, category_ids = set(ground_truth.getImgIds()), set(ground_truth.getCatIds())
+    sizes = _image_sizes(ground_truth)
     for position, entry in enumerate(results):
         where = f"{source}[{position}]"
         if not isinstance(entry, dict):
@@ -118,6 +126,64 @@ def check_results(results: object, ground_truth: COCO, source: str = "results") 
             raise ValueError(f"{where}: 'bbox' width and height must be >= 0, got {bbox!r}")
         if not _is_finite_number(entry["score"]):
             raise ValueError(f"{where}: 'score' must be a finite number, got {entry['score']!r}")
+        size = sizes.get(entry["image_id"])
+        if size is not None and _outside(bbox, size):
+            raise ValueError(
+                f"{where}: bbox {bbox!r} lies wholly outside image {entry['image_id']} ({size[1]}x{size[0]} px in the "
+                "annotation file); are these results for another dataset that shares image ids?"
+            )
+
+
+def results_mismatch(results: list[dict], ground_truth: COCO, source: str = "results") -> list[str]:
+    """Signs, short of an error, that ``results`` (already passed by :func:`check_results`) belong
+    to another dataset or another subset of this one: one message naming ``source`` for boxes that
+    reach more than :data:`BOX_TOLERANCE` px beyond their image, one for images of the annotation
+    file without any detection (COCOeval counts their ground truth as missed). Empty: no sign."""
+    sizes = _image_sizes(ground_truth)
+    messages = []
+    beyond = [position for position, entry in enumerate(results)
+              if entry["image_id"] in sizes and _beyond(entry["bbox"], sizes[entry["image_id"]])]
+    if beyond:
+        first = results[beyond[0]]
+        height, width = sizes[first["image_id"]]
+        messages.append(
+            f"{source}: {len(beyond)} of {len(results)} boxes reach more than {BOX_TOLERANCE:g} px beyond their image's "
+            f"size in the annotation file (first: {source}[{beyond[0]}], image {first['image_id']} ({width}x{height} px): "
+            f"bbox {first['bbox']!r}); results for another dataset that shares image ids? (or of a detector that does "
+            "not clip its boxes)"
+        )
+    covered = {entry["image_id"] for entry in results}
+    image_ids = set(ground_truth.getImgIds())
+    if results and covered != image_ids:
+        messages.append(
+            f"{source}: detections on only {len(covered)} of the {len(image_ids)} images of the annotation file "
+            f"(ids {_id_summary(covered)}); the other {len(image_ids - covered)} count as all missed"
+        )
+    return messages
+
+
+def _image_sizes(ground_truth: COCO) -> dict[object, tuple[float, float]]:
+    """(height, width) of each image of the annotation file that states both."""
+    return {
+        image["id"]: (image["height"], image["width"]) for image in ground_truth.dataset["images"]
+        if _is_finite_number(image.get("height")) and _is_finite_number(image.get("width"))
+    }
+
+
+def _outside(bbox: list[float], size: tuple[float, float]) -> bool:
+    """Whether [x, y, width, height] lies wholly outside [0, width] x [0, height], beyond the tolerance."""
+    x, y, box_width, box_height = bbox
+    height, width = size
+    return (x > width + BOX_TOLERANCE or y > height + BOX_TOLERANCE
+            or x + box_width < -BOX_TOLERANCE or y + box_height < -BOX_TOLERANCE)
+
+
+def _beyond(bbox: list[float], size: tuple[float, float]) -> bool:
+    """Whether [x, y, width, height] reaches beyond [0, width] x [0, height] by more than the tolerance."""
+    x, y, box_width, box_height = bbox
+    height, width = size
+    return (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE
+            or x + box_width > width + BOX_TOLERANCE or y + box_height > height + BOX_TOLERANCE)
 
 
 def load_results(results_file: str | Path) -> list[dict]:

@@ -14,18 +14,15 @@ and artifact files only), which is replaced whole. Any other non-empty folder is
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from codetr.atomic import atomic_path
+from codetr.atomic import atomic_dir, atomic_path
 from codetr.config import Config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode
 from codetr.contract.metadata import METADATA_NAME, write_metadata
@@ -45,7 +42,6 @@ from codetr.quantization.onnx_qdq import check_opset
 from codetr.tensorrt.plugin import read_plugin_library_info
 from codetr.tensorrt.torch_tensorrt import Partition
 
-logger = logging.getLogger("codetr.export")
 
 EXPORT_FILE_NAMES = frozenset({METADATA_NAME, AMAX_FILE_NAME, *(spec.file_name for spec in ARTIFACTS.values())})
 PLUGIN_VERSION_KEY = "codetr_msda_plugin"
@@ -141,22 +137,10 @@ def export_model(
     if quantization is not None:
         check_opset(options.onnx_opset, options.dtype)
     output_dir = check_output_dir(output_dir, overwrite)
-    created = [folder for folder in output_dir.parents if not folder.exists()]
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(output_dir)
-    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
-    try:
-        staging.mkdir()
+    with atomic_dir(output_dir) as staging:
         if not isinstance(model, torch.nn.Module):
             model = model()
         result = _export_into(staging, model, config, options, checkpoint, quantization)
-        _swap_in(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # innermost first: the folders this export created for nothing
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
     return _moved(result, output_dir)
 
 
@@ -239,43 +223,6 @@ def _export_into(
             document["quantization"] = {**quantization.to_json(), "engine": engine_check}
         write_metadata(document, metadata_path)
     return ExportResult(folder, files, metadata_path, stages, partition)
-
-
-def _remove_stale_siblings(output_dir: Path) -> None:
-    """Remove staging and replaced folders that a killed export (SIGKILL, power loss) left beside
-    ``output_dir``: those whose process no longer runs, and this process's own."""
-    for sibling in output_dir.parent.glob(f".{output_dir.name}.*-*"):
-        kind, _, pid = sibling.name.removeprefix(f".{output_dir.name}.").partition("-")
-        mine_or_dead = pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid)))
-        if kind in ("partial", "replaced") and mine_or_dead:
-            shutil.rmtree(sibling, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def _swap_in(staging: Path, output_dir: Path) -> None:
-    """Put the finished ``staging`` folder at ``output_dir``; what was there is removed only
-    after the new folder is in place, and restored if the swap fails."""
-    if not output_dir.exists():
-        os.replace(staging, output_dir)
-        return
-    replaced = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
-    os.replace(output_dir, replaced)
-    try:
-        os.replace(staging, output_dir)
-    except BaseException:
-        os.replace(replaced, output_dir)
-        raise
-    shutil.rmtree(replaced, ignore_errors=True)
-    logger.info("replaced the previous contents of %s", output_dir)
 
 
 def _moved(result: ExportResult, output_dir: Path) -> ExportResult:
