@@ -3,7 +3,7 @@
 Importing codetr registers ``torch.ops.codetr.msda`` (as importing torchvision registers its ops).
 """
 
-from codetr.cli import interrupt_exits  # nothing heavy: Ctrl-C while torch imports ends the command quietly
+from codetr.interrupt import interrupt_exits  # standard library only: Ctrl-C while torch imports ends the command quietly
 
 with interrupt_exits():
     from codetr.contract.versions import CODETR_VERSION as __version__  # noqa: F401 (re-exported)

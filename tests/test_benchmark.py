@@ -79,6 +79,7 @@ def test_kernel_profile_sums_per_call_by_kernel_and_group() -> None:
     assert [kernel.name for kernel in profile.kernels[:2]] == [records[0][0], records[1][0]]
     assert KernelTime("triton_poi_fused_add_1", pytest.approx(0.005), 2) in profile.kernels
     assert len(profile.kernels) == 5
+    assert kernel_group("triton_poi_fused__softmax_add_msda_view_3") == "softmax"  # feeds MSDA, is not MSDA
     assert kernel_group("cudnn::detail::implicit_convolve_sgemm") == "convolution"
     assert kernel_group("at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>") == \
         "elementwise / reduction (ATen)"

@@ -6,7 +6,7 @@ functions: a lazy import is still a dependency.
 
 Layers, lowest first::
 
-    0  contract, atomic          (what every layer agrees on)
+    0  contract, atomic, interrupt  (what every layer agrees on)
     1  ops                       (and codetr/__init__, which registers the ops)
     2  config, models, checkpoint, preprocess, postprocess, data
     3  tensorrt, quantization
@@ -24,7 +24,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "codetr"
 LAYERS = {
-    "contract": 0, "atomic": 0,
+    "contract": 0, "atomic": 0, "interrupt": 0,
     "ops": 1, "_C": 1, "__init__": 1,
     "config": 2, "models": 2, "checkpoint": 2, "preprocess": 2, "postprocess": 2, "data": 2,
     "tensorrt": 3, "quantization": 3,

@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
 from codetr.benchmark.report import format_table, plot, to_document, write_json
 from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets

@@ -1,0 +1,40 @@
+"""Ctrl-C while the ``codetr`` command starts: the package's heavy imports (torch, the compiled
+ops) run inside :func:`interrupt_exits`, so an interrupt there ends the command as ``codetr``'s
+front door does (``interrupted``, exit status 130) instead of with a traceback. Imports only the
+standard library, so it can guard the package's first import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def interrupt_exits() -> Iterator[None]:
+    """When this process is the ``codetr`` command (the console script or ``python -m codetr``),
+    Ctrl-C inside the block prints ``interrupted`` and exits with 130, as :func:`main` does; in
+    any other program (a library import) the KeyboardInterrupt goes on as usual."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not _is_codetr_command():
+            raise
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _is_codetr_command() -> bool:
+    # While ``python -m codetr`` imports the package, sys.argv[0] is still "-m": the interpreter's
+    # own options (sys.orig_argv, up to the script or module) tell.
+    options = iter(sys.orig_argv[1:])
+    for option in options:
+        if option == "-m":
+            return next(options, None) == "codetr"
+        if option in ("-X", "-W"):  # options whose value is the next argument
+            next(options, None)
+        elif option == "-c" or not option.startswith("-"):  # a command string or a script: its own arguments follow
+            break
+    return Path(sys.argv[0]).stem == "codetr"
