@@ -232,15 +232,16 @@ def soft_nms_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["nms", "threshold"])
+@pytest.fixture(scope="module", params=["nms_cpu", "threshold_cpu", pytest.param("nms_cuda", marks=pytest.mark.cuda)])
 def in_graph_package(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                      soft_nms_config: Path) -> Path:
-    """model_aoti.pt2 and metadata.json of ``codetr export --postprocess MODE`` on the CPU (batch 1,
+    """model_aoti.pt2 and metadata.json of ``codetr export --postprocess MODE`` on the device (batch 1,
     static 64x96, random weights): outputs [1, N, ...] with a data-dependent N."""
+    mode, device = request.param.split("_")
     folder = tmp_path_factory.mktemp(f"aoti_{request.param}")
     arguments = ["export", "--config", str(soft_nms_config), "--output", str(folder), "--dtype", "float32",
-                 "--height", str(HEIGHT), "--width", str(WIDTH), "--msda", "plugin", "--device", "cpu",
-                 "--artifacts", "aoti", "--postprocess", request.param,
+                 "--height", str(HEIGHT), "--width", str(WIDTH), "--msda", "plugin", "--device", device,
+                 "--artifacts", "aoti", "--postprocess", mode,
                  "--score-threshold", str(IN_GRAPH_SCORE_THRESHOLD)]
     assert main(arguments) == 0
     return folder / ARTIFACTS[Artifact.AOTI].file_name
@@ -272,7 +273,8 @@ def test_cpp_runner_takes_in_graph_postprocessing(codetr_infer: Path, in_graph_p
     scores = np.array([entry["score"] for entry in found])
     box_error = np.abs(boxes - np.array([entry["bbox"] for entry in expected])).max()
     score_error = np.abs(scores - np.array([entry["score"] for entry in expected])).max()
-    print(f"\ncodetr_infer vs Python predictor [in-graph {mode}]: {len(found)} detections each, "
+    print(f"\ncodetr_infer vs Python predictor [in-graph {mode}, {run.stdout.split('model on ')[1].split(',')[0]}]: "
+          f"{len(found)} detections each, "
           f"max |bbox diff| {box_error:.2g} px, max |score diff| {score_error:.2g}")
     assert box_error <= 2e-3 and score_error <= 2e-5
     assert np.all(scores > IN_GRAPH_SCORE_THRESHOLD)
