@@ -1,6 +1,8 @@
 """The C++ runner (cpp/, codetr_infer): built with CMake against the installed libtorch, run on
 an AOTInductor package of the tiny config, and checked against the same package run from Python
-with codetr's own image reader (Pillow), pre-processing and post-processing.
+with codetr's own image reader (Pillow), pre-processing and post-processing; and on packages with
+in-graph post-processing (codetr export --postprocess threshold|nms: data-dependent outputs),
+checked against codetr's Python predictor on the same package.
 
 Slow (the CMake build takes minutes on a small machine): run with --runslow. With CODETR_INFER
 set to a codetr_infer built beforehand (scripts/gpu_cpp_runner.sh), the tests use it.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,6 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
+from torchvision.ops import batched_nms
+
+from codetr.cli import main
 from codetr.config import NmsConfig, PreprocessConfig, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact
 from codetr.contract.metadata import METADATA_FORMAT, METADATA_NAME, write_metadata
@@ -28,6 +34,7 @@ from codetr.export.program import export_program, prepare_model
 from codetr.models import Detections, build_model
 from codetr.postprocess import coco_results, postprocess
 from codetr.preprocess import make_batch
+from codetr.runtime.predictor import Predictor
 from codetr_build.cpp_runner import ROOT, build_cpp_runner
 
 pytestmark = pytest.mark.slow
@@ -53,6 +60,12 @@ VARIANTS = {
         "score_threshold": 0.7,
     },
 }
+
+# In-graph post-processing: the tiny config with soft-NMS at a low IoU threshold (so that hard NMS
+# in the graph, and soft-NMS on the host after a threshold graph, change the result) and a score
+# threshold that keeps about half of the random-weight detections.
+IN_GRAPH_IOU_THRESHOLD = 0.05
+IN_GRAPH_SCORE_THRESHOLD = 0.7
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +212,80 @@ def test_cpp_runner_errors_name_the_problem(codetr_infer: Path, images: Path, tm
 
     run = subprocess.run([str(codetr_infer), str(model), str(images)], capture_output=True, text=True)
     assert run.returncode == 2 and "--output DIR is required" in run.stderr
+
+    document = metadata_document(VARIANTS["config"])[0]
+    document["postprocess"] = {"mode": "nms", "score_threshold": 0.5, "iou_threshold": 0.5}
+    (tmp_path / METADATA_NAME).write_text(json.dumps(document))
+    run = subprocess.run([str(codetr_infer), str(model), str(images), "--output", str(tmp_path / "out")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "postprocess.mode nms needs input.batch_size 1" in run.stderr
+
+
+@pytest.fixture(scope="module")
+def soft_nms_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    text = re.sub(r'\[test\.nms\]\nkind = "none"',
+                  f'[test.nms]\nkind = "soft_nms"\niou_threshold = {IN_GRAPH_IOU_THRESHOLD}',
+                  (ROOT / "configs" / "tiny.toml").read_text())
+    assert "soft_nms" in text
+    path = tmp_path_factory.mktemp("config") / "tiny_soft_nms.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module", params=["nms_cpu", "threshold_cpu", pytest.param("nms_cuda", marks=pytest.mark.cuda)])
+def in_graph_package(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                     soft_nms_config: Path) -> Path:
+    """model_aoti.pt2 and metadata.json of ``codetr export --postprocess MODE`` on the device (batch 1,
+    static 64x96, random weights): outputs [1, N, ...] with a data-dependent N."""
+    mode, device = request.param.split("_")
+    folder = tmp_path_factory.mktemp(f"aoti_{request.param}")
+    arguments = ["export", "--config", str(soft_nms_config), "--output", str(folder), "--dtype", "float32",
+                 "--height", str(HEIGHT), "--width", str(WIDTH), "--msda", "plugin", "--device", device,
+                 "--artifacts", "aoti", "--postprocess", mode,
+                 "--score-threshold", str(IN_GRAPH_SCORE_THRESHOLD)]
+    assert main(arguments) == 0
+    return folder / ARTIFACTS[Artifact.AOTI].file_name
+
+
+def test_cpp_runner_takes_in_graph_postprocessing(codetr_infer: Path, in_graph_package: Path, images: Path,
+                                                  tmp_path: Path) -> None:
+    """The graph's detections, post-processed on the host exactly as the Python predictor does
+    (after in-graph nms no host NMS; after a threshold graph the config's soft-NMS)."""
+    output = tmp_path / "out"
+    run = subprocess.run([str(codetr_infer), str(in_graph_package), str(images), "--output", str(output), "--no-draw"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    mode = json.loads((in_graph_package.parent / METADATA_NAME).read_text())["postprocess"]["mode"]
+    host_nms = "none" if mode == "nms" else "soft_nms"
+    assert f"post-processing in the graph: {mode}; on the host: NMS {host_nms}, score > {IN_GRAPH_SCORE_THRESHOLD}" in run.stdout
+
+    predictor = Predictor.from_artifact(in_graph_package)
+    paths = sorted(images.iterdir())
+    expected = []
+    for position, (path, detections) in enumerate(zip(paths, predictor([read_image(path) for path in paths])), 1):
+        expected += coco_results(int(path.stem) if path.stem.isdigit() else position, detections, predictor.category_ids)
+    found = json.loads((output / "results.json").read_text())
+
+    assert 0 < len(found) < 20 * len(paths)  # the graph dropped some of the max_per_img detections
+    assert [(entry["image_id"], entry["category_id"]) for entry in found] == \
+        [(entry["image_id"], entry["category_id"]) for entry in expected]
+    boxes = np.array([entry["bbox"] for entry in found])
+    scores = np.array([entry["score"] for entry in found])
+    box_error = np.abs(boxes - np.array([entry["bbox"] for entry in expected])).max()
+    score_error = np.abs(scores - np.array([entry["score"] for entry in expected])).max()
+    print(f"\ncodetr_infer vs Python predictor [in-graph {mode}, {run.stdout.split('model on ')[1].split(',')[0]}]: "
+          f"{len(found)} detections each, "
+          f"max |bbox diff| {box_error:.2g} px, max |score diff| {score_error:.2g}")
+    assert box_error <= 2e-3 and score_error <= 2e-5
+    assert np.all(scores > IN_GRAPH_SCORE_THRESHOLD)
+    if mode == "threshold":  # the host's soft-NMS ran after the graph: it removes detections here
+        predictor.test = dataclasses.replace(predictor.test, nms=NmsConfig())
+        assert len(found) < sum(len(detections.scores) for detections in predictor([read_image(path) for path in paths]))
+    if mode == "nms":  # class-wise hard NMS ran in the graph: torchvision's keeps every box of an image
+        for image_id in {entry["image_id"] for entry in found}:
+            mine = [entry for entry in found if entry["image_id"] == image_id]
+            xyxy = torch.tensor([entry["bbox"] for entry in mine], dtype=torch.float64)
+            xyxy[:, 2:] += xyxy[:, :2]
+            keep = batched_nms(xyxy, torch.tensor([entry["score"] for entry in mine], dtype=torch.float64),
+                               torch.tensor([entry["category_id"] for entry in mine]), IN_GRAPH_IOU_THRESHOLD)
+            assert len(keep) == len(mine)

@@ -6,6 +6,13 @@
 // export's metadata.json beside it. Writes into DIR, as `codetr infer` does: results.json (COCO
 // results, boxes in original pixels), images.json (COCO image entries) and one drawn image per
 // input. Errors a user can act on print "error: ..." and exit with status 2.
+//
+// Post-processing is what the Python predictor (codetr.runtime.predictor) applies: the metadata's
+// `postprocessing` section. For an export with in-graph post-processing (metadata `postprocess`
+// mode threshold or nms) that section holds only what the graph left to the host (the exporter
+// writes it so: no NMS after in-graph nms), so the graph's detections are rescaled, clamped and
+// thresholded, never suppressed twice.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -48,7 +55,8 @@ const char* kUsage =
     "\n"
     "  --output DIR            folder for results.json, images.json and the drawn images (required)\n"
     "  --metadata FILE         the export's metadata.json (default: metadata.json beside MODEL)\n"
-    "  --score-threshold X     keep detections scoring above X (default: metadata postprocessing.score_threshold)\n"
+    "  --score-threshold X     keep detections scoring above the larger of X and the metadata's\n"
+    "                          postprocessing.score_threshold, as `codetr infer` (default: the metadata's)\n"
     "  --plugin-library PATH   TensorRT plugin library to load, e.g. libcodetr_msda_trt.so; repeatable\n"
     "                          (default: none; engines exported with msda 'plugin' need ours)\n"
     "  --device-index N        GPU to run a CUDA package or an engine on (default: -1, the current one)\n"
@@ -128,7 +136,9 @@ int64_t image_id(const fs::path& path, int64_t position) {
 
 int run(const Options& options) {
   const auto metadata = codetr::read_metadata(options.metadata.value_or(options.model.parent_path() / "metadata.json"));
-  const double score_threshold = options.score_threshold.value_or(metadata.score_threshold);
+  // As codetr.runtime.predictor.Predictor: a threshold below the export's cannot bring back what the
+  // export (or its graph) drops.
+  const double score_threshold = std::max(options.score_threshold.value_or(0.0), metadata.score_threshold);
   const auto paths = codetr::list_images(options.images);
   if (fs::exists(options.output) && !fs::is_directory(options.output)) {
     throw std::runtime_error("--output " + options.output.string() + " exists and is not a folder");
@@ -178,6 +188,8 @@ int run(const Options& options) {
               "incl. the copy to the host)\n",
               paths.size(), results.size(), model->device().c_str(), 1e3 * model_seconds / batches, batch_size,
               static_cast<long long>(batches));
+  std::printf("codetr_infer: post-processing in the graph: %s; on the host: NMS %s, score > %g\n",
+              metadata.in_graph.mode.c_str(), metadata.nms.kind.c_str(), score_threshold);
   std::printf("codetr_infer: wrote %s\n", (options.output / "results.json").c_str());
   return 0;
 }

@@ -96,6 +96,20 @@ PreprocessConfig read_preprocess(const Reader& reader) {
   return config;
 }
 
+InGraphPostprocess read_in_graph_postprocess(const Reader& reader, const json& document, int64_t batch_size) {
+  InGraphPostprocess config;
+  if (!document.contains("postprocess")) return config;
+  config.mode = reader.get<std::string>("postprocess.mode");
+  if (config.mode == "none") return config;
+  if (config.mode != "threshold" && config.mode != "nms") {
+    reader.fail("postprocess.mode must be none, threshold or nms, got " + config.mode);
+  }
+  if (batch_size != 1) reader.fail("postprocess.mode " + config.mode + " needs input.batch_size 1");
+  config.score_threshold = reader.get<double>("postprocess.score_threshold");
+  if (config.mode == "nms") config.iou_threshold = reader.get<double>("postprocess.iou_threshold");
+  return config;
+}
+
 }  // namespace
 
 ExportMetadata read_metadata(const std::filesystem::path& path) {
@@ -138,6 +152,7 @@ ExportMetadata read_metadata(const std::filesystem::path& path) {
   metadata.nms.iou_threshold = reader.get<double>("postprocessing.nms.iou_threshold");
   metadata.nms.sigma = reader.get<double>("postprocessing.nms.sigma");
   metadata.nms.min_score = reader.get<double>("postprocessing.nms.min_score");
+  metadata.in_graph = read_in_graph_postprocess(reader, document, metadata.batch_size);
   metadata.files = reader.get<std::map<std::string, std::string>>("files");
   return metadata;
 }

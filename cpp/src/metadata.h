@@ -40,6 +40,19 @@ struct NmsConfig {
   double min_score = 1e-3;
 };
 
+// codetr.contract.postprocess: what the exported graph does after the score top-k (metadata key
+// "postprocess"; absent in exports older than it: none). threshold and nms exports have batch size 1
+// and outputs [1, N, ...] with a data-dependent N; `postprocessing` (score_threshold, nms) is then
+// what the host still applies after the graph, as codetr.export.postprocess.host_postprocessing
+// writes it (after in-graph nms: no host NMS).
+struct InGraphPostprocess {
+  std::string mode = "none";  // none | threshold | nms
+  double score_threshold = 0.0;  // the graph keeps scores above it (threshold, nms)
+  double iou_threshold = 1.0;  // class-wise hard NMS (nms)
+
+  bool is_data_dependent() const { return mode != "none"; }
+};
+
 struct ExportMetadata {
   std::filesystem::path path;
   std::vector<std::string> class_names;
@@ -51,8 +64,9 @@ struct ExportMetadata {
   std::string dtype;
   std::string msda;  // plugin | nvidia | decomposed: the form MSDA takes in the ONNX file and engine
   PreprocessConfig preprocess;
-  double score_threshold = 0.0;
+  double score_threshold = 0.0;  // postprocessing: what the host applies
   NmsConfig nms;
+  InGraphPostprocess in_graph;
   std::map<std::string, std::string> files;  // artifact -> file name
 };
 
