@@ -225,7 +225,7 @@ def test_cpp_runner_errors_name_the_problem(codetr_infer: Path, images: Path, tm
 def soft_nms_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = re.sub(r'\[test\.nms\]\nkind = "none"',
                   f'[test.nms]\nkind = "soft_nms"\niou_threshold = {IN_GRAPH_IOU_THRESHOLD}',
-                  (ROOT / "configs" / "tiny.toml").read_text())
+                  (ROOT / "codetr" / "configs" / "tiny.toml").read_text())
     assert "soft_nms" in text
     path = tmp_path_factory.mktemp("config") / "tiny_soft_nms.toml"
     path.write_text(text)
