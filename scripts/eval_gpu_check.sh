@@ -61,8 +61,9 @@ for label in ("eager", "model.pt2"):
           f"{distributed['images_per_second']:.1f}; same metrics {same_metrics}; same results.json {same_results}")
     ok &= same_metrics and same_results and single["images"] == distributed["images"]
 comparison = json.loads((work / "single" / "comparison.json").read_text())["models"]["model.pt2"]
-print(f"model.pt2 against eager: ΔAP {comparison['delta_AP']:+.5f}, max |Δscore| {comparison['max_score_difference']:.2e}, "
-      f"max |Δbox| {comparison['max_box_difference']:.3f} px, unmatched {comparison['unmatched']}")
+print(f"model.pt2 against eager: ΔAP {comparison['delta_AP']:+.5f}, matched {comparison['matched']}, "
+      f"unmatched {comparison['unmatched']}, max |Δscore| {comparison['max_score_difference']}, "
+      f"max |Δbox| {comparison['max_box_difference']} px")
 print("OK" if ok else "MISMATCH")
 sys.exit(0 if ok else 1)
 PY

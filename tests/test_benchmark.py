@@ -202,6 +202,8 @@ def test_bench_names_and_skips_unreadable_images(tmp_path: Path, capsys) -> None
         (["eager", "--config", str(TINY), "--batch-sizes", "0"], "--batch-sizes must be positive"),
         (["eager", "--config", str(TINY), "--iterations", "0"], "iterations must be at least 1"),
         (["eager", "--config", str(TINY), "--json", "no/such/folder/b.json"], "--json: folder no/such/folder"),
+        (["eager", "--config", str(TINY), "--plot", "bench.txt"], "--plot bench.txt: matplotlib writes"),
+        (["eager", "--config", str(TINY)], "needs --height and --width: the config pads to the largest image"),
         (["eager", "--config", "missing.toml"], "config missing.toml: no such file, and not a shipped config (shipped: "),
     ],
 )

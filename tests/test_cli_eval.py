@@ -248,3 +248,13 @@ def test_device_is_checked_like_every_command(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--config", str(TINY), "--annotations", "x.json", "--images", "y", "--device", "gpu0"])
     assert exit_.value.code == 2 and "argument --device: 'gpu0' is not a device (e.g. cpu, cuda, cuda:1)" in capsys.readouterr().err
+
+
+def test_a_comparison_with_nothing_matched_says_so() -> None:
+    from codetr.cli.eval import format_comparison
+
+    nothing = {"delta_AP": 0.0, "max_score_difference": None, "max_box_difference": None, "matched": 0, "unmatched": 80}
+    some = {"delta_AP": -0.001, "max_score_difference": 0.0123, "max_box_difference": 1.5, "matched": 78, "unmatched": 2}
+    text = format_comparison({"reference": "eager", "top_detections": 10, "models": {"a.onnx": nothing, "b.pt2": some}})
+    assert "a.onnx: ΔAP +0.0000, matched 0 of 80; the models' detections disagree" in text
+    assert "b.pt2: ΔAP -0.0010, matched 78 of 80; max |Δscore| 1.23e-02, max |Δbox| 1.500 px over them" in text

@@ -63,7 +63,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ({"torch_tensorrt": CompileMode.FULL, "msda": MsdaMode.DECOMPOSED}, "msda 'decomposed' has none"),
         ({"aoti_configs": {"freezing": True}}, "only the AOTInductor package is compiled by Inductor"),
         ({"artifacts": (Artifact.AOTI,), "aoti_configs": {"no_such_setting": 1}}, "'no_such_setting' is not a setting"),
-        ({"artifacts": (Artifact.AOTI,), "aoti_configs": {"freezing": "yes"}}, "freezing takes a bool"),
+        ({"artifacts": (Artifact.AOTI,), "aoti_configs": {"freezing": "yes"}}, "freezing takes bool values"),
     ],
 )
 def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
@@ -157,7 +157,7 @@ def test_dim_range_parse() -> None:
          "argument --device: cuda"),
         (["--device", "gpu0"], "argument --device: 'gpu0' is not a device"),
         (["--aoti-config", "freezing"], "--aoti-config takes KEY=VALUE (e.g. freezing=true), got 'freezing'"),
-        (["--artifacts", "aoti", "--aoti-config", "freezing=maybe"], "freezing takes a bool (default False), got 'maybe'"),
+        (["--artifacts", "aoti", "--aoti-config", "freezing=maybe"], "freezing takes bool values (default False), got 'maybe'"),
     ],
 )
 def test_cli_rejects_bad_arguments(capsys, tmp_path: Path, args: list[str], message: str) -> None:

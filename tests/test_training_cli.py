@@ -44,6 +44,11 @@ def test_errors_name_the_argument(tmp_path, rectangle_dataset, capsys):
     assert "--batch-size" in capsys.readouterr().err
     assert main([*base, "--data", str(data), "--iterations", "0"]) == 2
     assert "--iterations" in capsys.readouterr().err
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("not a checkpoint")
+    assert main([*base, "--data", str(data), "--checkpoint", str(not_a_checkpoint)]) == 2
+    assert "notes.pth" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # a failed start leaves no empty run folder
 
 
 def test_output_folder_faults_are_refused_before_any_work(tmp_path, rectangle_dataset, capsys) -> None:

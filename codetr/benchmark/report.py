@@ -152,6 +152,16 @@ def format_profile(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def plot_formats() -> set[str]:
+    """File suffixes (without the dot) that :func:`plot` can write: matplotlib's Agg canvas's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return set(Figure().canvas.get_supported_filetypes())
+
+
 def plot(outcomes: Sequence[BenchResult | Skipped], path: Path) -> None:
     """Median latency (p90 as the upper whisker) and throughput against batch size, one line per
     target, as an image at ``path`` (format from its suffix, e.g. .png, .svg, .pdf)."""

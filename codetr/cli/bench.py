@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
-from codetr.benchmark.report import format_table, plot, to_document, write_json
+from codetr.benchmark.report import format_table, plot, plot_formats, to_document, write_json
 from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets
 from codetr.cli.common import CONFIG_HELP, device_type
-from codetr.config import resolve_config
+from codetr.config import load_config, resolve_config
 from codetr.data.images import list_images
 from codetr.models import DTYPES
 
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None and not path.parent.is_dir():
             raise FileNotFoundError(f"{option}: folder {path.parent} does not exist")
+    if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in plot_formats():
+        raise ValueError(f"--plot {args.plot}: matplotlib writes {', '.join(sorted(plot_formats()))}; name the file e.g. bench.png")
     if args.profile and not torch.cuda.is_available():
         raise ValueError("--profile records CUDA kernels and needs a CUDA GPU; none is visible to torch")
     settings = BenchSettings(
@@ -106,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     targets = parse_targets(args.artifacts, args.dtype, CudaGraphMode(args.cuda_graph))
-    if any(target.path is None for target in targets) and args.config is None:
-        raise ValueError(f"'{EAGER}' needs --config (the model to build)")
+    if any(target.path is None for target in targets):
+        if args.config is None:
+            raise ValueError(f"'{EAGER}' needs --config (the model to build)")
+        if load_config(args.config).preprocess.pad_size is None and (args.height is None or args.width is None):
+            raise ValueError(f"'{EAGER}' with --config {args.config} needs --height and --width: the config pads to "
+                             "the largest image of each batch, so it has no fixed input size")
     outcomes = run_benchmark(targets, settings)
     print(format_table(outcomes))
     skipped = sorted({path for outcome in outcomes if isinstance(outcome, BenchResult) and outcome.end_to_end

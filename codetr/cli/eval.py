@@ -216,8 +216,10 @@ def compare(evaluations: list[Evaluation]) -> dict[str, object]:
         models[evaluation.label] = {
             "delta_AP": evaluation.metrics.bbox["AP"] - reference.metrics.bbox["AP"],
             "delta_AP50": evaluation.metrics.bbox["AP50"] - reference.metrics.bbox["AP50"],
-            "max_score_difference": max((d.max_score for d in per_image.values()), default=0.0),
-            "max_box_difference": max((d.max_box for d in per_image.values()), default=0.0),
+            # over matched pairs only; None when no detection matched (not "no difference")
+            "max_score_difference": max((d.max_score for d in per_image.values() if d.matched), default=None),
+            "max_box_difference": max((d.max_box for d in per_image.values() if d.matched), default=None),
+            "matched": sum(d.matched for d in per_image.values()),
             "unmatched": sum(d.unmatched for d in per_image.values()),
             "per_image": {str(image_id): dataclasses.asdict(d) for image_id, d in per_image.items()},
         }
@@ -258,10 +260,13 @@ def format_per_class(evaluations: list[Evaluation]) -> str:
 def format_comparison(comparison: dict[str, object]) -> str:
     lines = [f"against {comparison['reference']} (top {comparison['top_detections']} detections per image):"]
     for label, entry in comparison["models"].items():
-        lines.append(
-            f"  {label}: ΔAP {entry['delta_AP']:+.4f}, max |Δscore| {entry['max_score_difference']:.2e}, "
-            f"max |Δbox| {entry['max_box_difference']:.3f} px, unmatched {entry['unmatched']}"
-        )
+        compared = entry["matched"] + entry["unmatched"]
+        if entry["matched"]:
+            differences = (f"max |Δscore| {entry['max_score_difference']:.2e}, "
+                           f"max |Δbox| {entry['max_box_difference']:.3f} px over them")
+        else:
+            differences = "the models' detections disagree"
+        lines.append(f"  {label}: ΔAP {entry['delta_AP']:+.4f}, matched {entry['matched']} of {compared}; {differences}")
     return "\n".join(lines)
 
 

@@ -4,8 +4,8 @@ the PyTorch model it was exported from), beyond the difference in AP.
 Per image, the reference's ``top_k`` highest-scoring detections are matched greedily, in score
 order, to the candidate's unused detection of the same category with the highest IoU (matched if
 IoU >= ``iou_threshold``); the image's differences are the largest |score difference| and the
-largest |coordinate difference| (x1, y1, x2, y2, pixels) over its matched pairs, and the count of
-reference detections left unmatched.
+largest |coordinate difference| (x1, y1, x2, y2, pixels) over its matched pairs, and the counts of
+reference detections matched and left unmatched.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from torchvision.ops import box_convert, box_iou
 
 @dataclasses.dataclass(frozen=True)
 class ImageDifference:
-    """max_score: largest |score difference|; max_box: largest |coordinate difference| in pixels
-    (0 for both when nothing matched); unmatched: reference detections without a match."""
+    """max_score: largest |score difference|; max_box: largest |coordinate difference| in pixels,
+    both over the matched pairs (0 when nothing matched: read them with ``matched``); matched /
+    unmatched: reference detections with / without a match."""
 
     max_score: float
     max_box: float
     unmatched: int
+    matched: int
 
 
 def compare_detections(
@@ -42,7 +44,7 @@ def compare_detections(
 
 def _image_difference(reference: list[dict], candidate: list[dict], iou_threshold: float) -> ImageDifference:
     if not candidate:
-        return ImageDifference(0.0, 0.0, len(reference))
+        return ImageDifference(0.0, 0.0, len(reference), 0)
     reference_boxes, candidate_boxes = _xyxy(reference), _xyxy(candidate)
     overlaps = box_iou(reference_boxes, candidate_boxes)
     same_category = torch.tensor([[r["category_id"] == c["category_id"] for c in candidate] for r in reference])
@@ -59,7 +61,7 @@ def _image_difference(reference: list[dict], candidate: list[dict], iou_threshol
         used[best] = True
         max_score = max(max_score, abs(entry["score"] - candidate[best]["score"]))
         max_box = max(max_box, float((reference_boxes[index] - candidate_boxes[best]).abs().max()))
-    return ImageDifference(max_score, max_box, unmatched)
+    return ImageDifference(max_score, max_box, unmatched, len(reference) - unmatched)
 
 
 def _by_image(results: list[dict]) -> dict[int, list[dict]]:

@@ -176,11 +176,11 @@ class ExportOptions:
         defaults = torch._inductor.config.get_config_copy()
         for key, value in self.aoti_configs.items():
             if key not in defaults:
-                raise ValueError(f"aoti_configs: {key!r} is not a setting of torch._inductor.config (torch {torch.__version__})")
+                raise ValueError(f"aoti_configs (--aoti-config): {key!r} is not a setting of torch._inductor.config (torch {torch.__version__})")
             expected = type(defaults[key])
             if defaults[key] is not None and not isinstance(value, expected):
                 raise ValueError(
-                    f"aoti_configs: {key} takes a {expected.__name__} (default {defaults[key]!r}), got {value!r}"
+                    f"aoti_configs (--aoti-config): {key} takes {expected.__name__} values (default {defaults[key]!r}), got {value!r}"
                 )
 
     @property

@@ -60,8 +60,9 @@ def category_labels(categories: list[dict], config: Config, source: Path) -> dic
     missing = [name for name in config.class_names if name not in by_name]
     if missing:
         raise ValueError(
-            f"{source}: categories {sorted(by_name)} do not include the config's class names {missing} "
-            f"(config classes: {list(config.class_names)})"
+            f"{source}: categories {sorted(by_name)} do not include the config's class names {missing}; "
+            "train with a config whose class_names are the dataset's (for `codetr data synthetic` output: "
+            "synthetic_r50, or a copy of tiny.toml with those 8 names and num_classes = 8)"
         )
     return {by_name[name]: label for label, name in enumerate(config.class_names)}
 

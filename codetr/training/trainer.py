@@ -90,8 +90,6 @@ def train(options: TrainOptions) -> TrainResult:
     if total < 1:
         raise ValueError(f"--iterations must be >= 1, got {total}")
     output = Path(options.output)
-    if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(options.seed)
     model = build_model(config, seed=options.seed)
@@ -147,6 +145,8 @@ def train(options: TrainOptions) -> TrainResult:
         persistent_workers=options.workers > 0,
         prefetch_factor=4 if options.workers > 0 else None,
     )
+    if rank == 0:  # only now: a run that fails while loading its weights leaves no empty folder
+        output.mkdir(parents=True, exist_ok=True)
     log_path = output / "train_log.jsonl"
     meta = {"config": config.name, "class_names": list(config.class_names), "seed": options.seed, "batch_size": batch_size,
             "world_size": world_size, "amp": options.amp, "total_iterations": total, **options.extra_meta}
