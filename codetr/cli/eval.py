@@ -134,6 +134,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    for model in args.models:  # before any model is loaded or any image evaluated
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"--model: no model file at {model}")
 
 
 def _dataset_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
