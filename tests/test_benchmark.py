@@ -81,6 +81,7 @@ def test_kernel_profile_sums_per_call_by_kernel_and_group() -> None:
     assert len(profile.kernels) == 5
     assert kernel_group("triton_poi_fused__softmax_add_msda_view_3") == "softmax"  # feeds MSDA, is not MSDA
     assert kernel_group("cudnn::detail::implicit_convolve_sgemm") == "convolution"
+    assert kernel_group("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7") == "attention (SDPA)"
     assert kernel_group("at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>") == \
         "elementwise / reduction (ATen)"
     with pytest.raises(ValueError, match="calls must be at least 1"):

@@ -25,6 +25,7 @@ KERNEL_GROUPS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # codetr's own kernels only: Inductor names fused kernels after the ops they hold ("..._msda_..."),
     # and those compute MSDA's inputs (softmax, offsets), not the sampling.
     ("MSDA (codetr::msda)", re.compile(r"codetr::msda")),
+    ("attention (SDPA)", re.compile(r"sdpa|flash|fmha|efficient_attention", re.IGNORECASE)),
     ("normalization", re.compile(r"norm", re.IGNORECASE)),
     ("softmax", re.compile(r"softmax", re.IGNORECASE)),
     ("convolution", re.compile(r"conv|fprop|dgrad|wgrad|winograd|implicit_?gemm|cudnn", re.IGNORECASE)),
