@@ -65,6 +65,15 @@ def test_an_export_matches_its_model_layer_by_layer(onnx_export, images, capsys)
     assert f"ok   {PLANTED_LAYER} " in printed
 
 
+def test_the_model_given_first_runs_on_the_exports_input_size(onnx_export, tmp_path, capsys) -> None:
+    # square images: the config's own pre-processing would give 64x64, which the 64x96 export refuses
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "square.png")
+    status = main(["compare", str(TINY), str(onnx_export / "model.onnx"), "--images", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "1 image(s)" in captured.out
+
+
 def test_a_planted_error_is_found_and_its_layer_named(planted_export, images, capsys) -> None:
     status = main(["compare", str(planted_export / "model.onnx"), str(TINY), "--images", str(images), "--per-layer"])
     printed = capsys.readouterr().out

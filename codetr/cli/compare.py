@@ -101,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
     images = read_images(paths, args.max_images)
     if not images:
         raise ValueError(f"--images: none of the {len(paths)} image(s) in {args.images} could be read")
-    batches = [make_batch([image], side_a.preprocess) for image in images]
+    # Both sides get the same tensors: an export's pre-processing (its fixed input size) when one
+    # side is an export, as the eager model runs on any size an export accepts.
+    preprocess = side_b.preprocess if side_a.runtime.metadata is None and side_b.runtime.metadata is not None else side_a.preprocess
+    batches = [make_batch([image], preprocess) for image in images]
 
     def raw(side: Predictor) -> list[dict[str, np.ndarray]]:
         return [{name: tensor.detach().float().cpu().numpy() for name, tensor in
