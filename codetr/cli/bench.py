@@ -89,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None and not path.parent.is_dir():
             raise FileNotFoundError(f"{option}: folder {path.parent} does not exist")
-    if args.plot is not None and args.plot.suffix.lower().lstrip(".") not in plot_formats():
-        raise ValueError(f"--plot {args.plot}: matplotlib writes {', '.join(sorted(plot_formats()))}; name the file e.g. bench.png")
+    if args.plot is not None:
+        formats = plot_formats()
+        if args.plot.suffix.lower().lstrip(".") not in formats:
+            raise ValueError(f"--plot {args.plot}: matplotlib writes {', '.join(sorted(formats))}; name the file e.g. bench.png")
     if args.profile and not torch.cuda.is_available():
         raise ValueError("--profile records CUDA kernels and needs a CUDA GPU; none is visible to torch")
     settings = BenchSettings(

@@ -50,7 +50,7 @@ RUN_FILES = ("latest.pth", "train_log.jsonl")
 """Files that mark a folder as a training run."""
 
 
-def check_output_folder(output: Path, data: Path, resume: bool) -> None:
+def check_run_folder(output: Path, data: Path, resume: bool) -> None:
     """ValueError, before any work, for an --output that would mix runs or land in the data:
     a folder holding files needs --resume (and a run to resume); --resume needs a run."""
     output, data = output.resolve(), data.resolve()
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--log-every must be >= 1, got {args.log_every}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint not found: {args.checkpoint}")
-    check_output_folder(args.output, args.data, args.resume)
+    check_run_folder(args.output, args.data, args.resume)
     options = TrainOptions(
         config=load_config(args.config),
         data=args.data,
