@@ -8,7 +8,8 @@
 #   IMAGES (val images for the AP table, default 500), SENS_IMAGES (val images per sensitivity row, default 100),
 #   CALIB (calibration images: folder or COCO dataset, default DATA), CALIB_SPLIT (default train, val when DATA
 #   has no train split), CALIB_IMAGES (default 256), ONNX_IMAGES (val images for the QDQ ONNX in ONNX Runtime on
-#   the CPU, default 100; 0 skips it), PYTHON.
+#   the CPU, default 100; 0 skips it), PYTHON, STEPS (which of "table onnx sensitivity", default all three:
+#   table = FP32/FP16/INT8 fake-quant AP on the GPU, onnx = the QDQ ONNX in ONNX Runtime, sensitivity).
 # Offline machines install pycocotools and ModelOpt from ./.whl when it exists (nvidia-modelopt 0.47 and its
 # dependencies except torch, for Python 3.12: pip download --no-deps --only-binary=:all: --python-version 3.12 ...).
 # Prints: one AP line per precision, the sensitivity table (Markdown), and the files under WORK.
@@ -26,6 +27,8 @@ CALIB_IMAGES="${CALIB_IMAGES:-256}"
 DEVICE="${DEVICE:-cuda}"
 ONNX_IMAGES="${ONNX_IMAGES:-100}"
 read -r -a EXPORT_ARGS <<< "${EXPORT_ARGS:-}"  # extra codetr export options, e.g. "--height 640 --width 640"
+STEPS="${STEPS:-table onnx sensitivity}"
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
 started=$(date +%s)
 stamp() { echo "===== $* ($(( $(date +%s) - started )) s)"; }
 
@@ -78,17 +81,18 @@ evaluate() {  # label, then codetr eval arguments
   stamp "eval $label"
   "$PYTHON" -m codetr eval "$@" --data "$WORK/val" --device "$DEVICE" --workers 4 --output "$WORK/eval_$label"
 }
-evaluate fp32 --config "$CONFIG" --checkpoint "$CHECKPOINT" --dtype float32
-evaluate fp16 --config "$CONFIG" --checkpoint "$CHECKPOINT" --dtype float16
-
-stamp "export INT8 (ModelOpt calibration on $CALIB_IMAGES images, fake-quant ExportedProgram, float16)"
-"$PYTHON" -m codetr export --config "$CONFIG" --checkpoint "$CHECKPOINT" --output "$WORK/export_int8" --dtype float16 \
-  --artifacts exported_program --device "$DEVICE" --int8 --calibration-data "$CALIB" --calibration-split "$CALIB_SPLIT" \
-  --calibration-images "$CALIB_IMAGES" "${EXPORT_ARGS[@]}"
-evaluate int8 --model "$WORK/export_int8/model.pt2"
+if wants table; then
+  evaluate fp32 --config "$CONFIG" --checkpoint "$CHECKPOINT" --dtype float32
+  evaluate fp16 --config "$CONFIG" --checkpoint "$CHECKPOINT" --dtype float16
+  stamp "export INT8 (ModelOpt calibration on $CALIB_IMAGES images, fake-quant ExportedProgram, float16)"
+  "$PYTHON" -m codetr export --config "$CONFIG" --checkpoint "$CHECKPOINT" --output "$WORK/export_int8" --dtype float16 \
+    --artifacts exported_program --device "$DEVICE" --int8 --calibration-data "$CALIB" --calibration-split "$CALIB_SPLIT" \
+    --calibration-images "$CALIB_IMAGES" "${EXPORT_ARGS[@]}"
+  evaluate int8 --model "$WORK/export_int8/model.pt2"
+fi
 
 onnx_eval=0
-if (( ONNX_IMAGES > 0 )); then
+if wants onnx && (( ONNX_IMAGES > 0 )); then
   stamp "export the INT8 QDQ ONNX (float32, MSDA plugin node; ModelOpt calibration as above)"
   "$PYTHON" -m codetr export --config "$CONFIG" --checkpoint "$CHECKPOINT" --output "$WORK/export_int8_onnx" --dtype float32 \
     --artifacts onnx --device "$DEVICE" --int8 --calibration-data "$CALIB" --calibration-split "$CALIB_SPLIT" \
@@ -100,10 +104,12 @@ if (( ONNX_IMAGES > 0 )); then
   onnx_eval=$!
 fi
 
-stamp "sensitivity ($SENS_IMAGES images per row, float16)"
-"$PYTHON" -m codetr quantize-sensitivity --config "$CONFIG" --checkpoint "$CHECKPOINT" --data "$WORK/val" \
-  --max-images "$SENS_IMAGES" --dtype float16 --device "$DEVICE" --workers 4 --calibration-data "$CALIB" \
-  --calibration-split "$CALIB_SPLIT" --calibration-images "$CALIB_IMAGES" --output "$WORK/sensitivity.json"
+if wants sensitivity; then
+  stamp "sensitivity ($SENS_IMAGES images per row, float16)"
+  "$PYTHON" -m codetr quantize-sensitivity --config "$CONFIG" --checkpoint "$CHECKPOINT" --data "$WORK/val" \
+    --max-images "$SENS_IMAGES" --dtype float16 --device "$DEVICE" --workers 4 --calibration-data "$CALIB" \
+    --calibration-split "$CALIB_SPLIT" --calibration-images "$CALIB_IMAGES" --output "$WORK/sensitivity.json"
+fi
 
 if (( onnx_eval )); then
   wait "$onnx_eval" || echo "the ONNX Runtime eval failed:"
@@ -119,10 +125,13 @@ for label in ("fp32", "fp16", "int8", "int8_onnx"):
         document = json.loads(metrics.read_text())
         print(f"{label}: AP {100 * document['bbox']['AP']:.2f}  AP50 {100 * document['bbox']['AP50']:.2f}  "
               f"images {document.get('images')}  ({metrics.relative_to(work)})")
-quantization = json.loads((work / "export_int8" / "metadata.json").read_text())["quantization"]
-print(f"int8: {len(quantization['quantized_modules'])} modules quantized, {len(quantization['excluded_modules'])} "
-      f"excluded, {len(quantization['not_run_modules'])} not run as modules; calibration {quantization['calibration']}")
+for export in ("export_int8", "export_int8_onnx"):
+    if not (work / export / "metadata.json").is_file():
+        continue
+    quantization = json.loads((work / export / "metadata.json").read_text())["quantization"]
+    print(f"{export}: {len(quantization['quantized_modules'])} modules quantized, {len(quantization['excluded_modules'])} "
+          f"excluded, {len(quantization['not_run_modules'])} not run as modules; calibration {quantization['calibration']}")
 PY
-cat "$WORK/sensitivity.md"
+if wants sensitivity; then cat "$WORK/sensitivity.md"; fi
 find "$WORK" -maxdepth 2 -name '*.json' -o -maxdepth 2 -name '*.md' | sort
 stamp "done"

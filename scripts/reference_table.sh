@@ -6,7 +6,8 @@
 #     bfloat16; ExportedProgram and AOTInductor package, float32 and float16 (static 512x512).
 #   CPU, the first SUBSET val images (ONNX Runtime is slow): eager float32, ONNX Runtime with the
 #     plugin node (float32) and decomposed into standard ops (float32).
-# Environment: WORK (out/reference), CONFIG (codetr/configs/synthetic_r50.toml), SUBSET (100), PYTHON.
+# Environment: WORK (out/reference), CONFIG (codetr/configs/synthetic_r50.toml), SUBSET (100), PYTHON,
+#   STEPS (which of "gpu onnxruntime", default both; ONNX Runtime wants the CPU to itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -18,18 +19,25 @@ DATA="$WORK/data"
 TABLE="$WORK/table"
 if [[ -x /usr/bin/g++ ]]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
 [[ -f "$CHECKPOINT" ]] || { echo "error: no $CHECKPOINT; run scripts/train_reference.sh first"; exit 2; }
+STEPS="${STEPS:-gpu onnxruntime}"
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
 rm -rf "$TABLE" && mkdir -p "$TABLE"
 started=$SECONDS
 stamp() { echo "===== $* ($((SECONDS - started)) s)"; }
 codetr() { "$PYTHON" -m codetr "$@"; }
 export_args=(--config "$CONFIG" --checkpoint "$CHECKPOINT" --height 512 --width 512)
 
-stamp "export float32 and float16 (ExportedProgram, ONNX, AOTInductor package) and decomposed ONNX"
-codetr export "${export_args[@]}" --dtype float32 --device cuda --artifacts exported_program,onnx,aoti --output "$TABLE/fp32" &
-codetr export "${export_args[@]}" --dtype float16 --device cuda --artifacts exported_program,aoti --output "$TABLE/fp16" &
-codetr export "${export_args[@]}" --dtype float32 --device cpu --msda decomposed --artifacts onnx --output "$TABLE/decomposed" &
+stamp "export ($STEPS)"
+if wants gpu; then
+  codetr export "${export_args[@]}" --dtype float32 --device cuda --artifacts exported_program,onnx,aoti --output "$TABLE/fp32" &
+  codetr export "${export_args[@]}" --dtype float16 --device cuda --artifacts exported_program,aoti --output "$TABLE/fp16" &
+else
+  codetr export "${export_args[@]}" --dtype float32 --device cuda --artifacts onnx --output "$TABLE/fp32" &
+fi
+wants onnxruntime && codetr export "${export_args[@]}" --dtype float32 --device cpu --msda decomposed --artifacts onnx --output "$TABLE/decomposed" &
 wait
 
+if wants gpu; then
 stamp "eager variants on the GPU"
 eval_args=(--data "$DATA" --split val --batch-size 16 --workers 8)
 codetr eval --config "$CONFIG" --checkpoint "$CHECKPOINT" --device cuda "${eval_args[@]}" --output "$TABLE/eager_fp32"
@@ -42,7 +50,9 @@ stamp "exported artifacts on the GPU (against eager float32)"
 codetr eval --config "$CONFIG" --checkpoint "$CHECKPOINT" --device cuda \
   --model "$TABLE/fp32/model.pt2" --model "$TABLE/fp32/model_aoti.pt2" \
   --model "$TABLE/fp16/model.pt2" --model "$TABLE/fp16/model_aoti.pt2" "${eval_args[@]}" --output "$TABLE/artifacts"
+fi
 
+if wants onnxruntime; then
 stamp "ONNX Runtime on the CPU, first $SUBSET val images (against eager float32 on the CPU)"
 "$PYTHON" - "$DATA/annotations/instances_val.json" "$TABLE/val_subset.json" "$SUBSET" <<'PY'
 import json, sys
@@ -56,6 +66,7 @@ PY
 codetr eval --config "$CONFIG" --checkpoint "$CHECKPOINT" --device cpu \
   --model "$TABLE/fp32/model.onnx" --model "$TABLE/decomposed/model.onnx" \
   --annotations "$TABLE/val_subset.json" --images "$DATA/val" --batch-size 4 --workers 4 --output "$TABLE/onnxruntime"
+fi
 stamp "done"
 
 if [[ -n "${OUT:-}" ]]; then

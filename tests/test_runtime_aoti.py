@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from codetr.config import load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, identify_artifact
 from codetr.contract.metadata import read_metadata
 from codetr.models import Detections, build_model
+from codetr.models.common import FFN
 from codetr.runtime import load_runtime
 from codetr.runtime.aoti import AOTIRuntime
 
@@ -67,6 +69,45 @@ def test_export_writes_the_package_and_lists_it(tiny_aoti_export: Path) -> None:
     assert all(name.startswith("model_aoti/") for name in names)
     assert any(name.endswith(".so") for name in names)
     assert sorted(path.name for path in tiny_aoti_export.iterdir()) == ["metadata.json", "model.onnx", "model_aoti.pt2"]
+
+
+def test_the_package_computes_ffn_relus_in_the_gemm(tiny_aoti_export: Path) -> None:
+    """LinearReLUEpilogue ran: each transformer FFN's expand layer is one _addmm_activation call."""
+    model = build_model(load_config(CONFIGS / "tiny.toml"), seed=0)
+    ffns = [module for module in model.modules() if isinstance(module, FFN) and isinstance(module.layers[0][1], nn.ReLU)]
+    with zipfile.ZipFile(tiny_aoti_export / "model_aoti.pt2") as archive:
+        (wrapper,) = [name for name in archive.namelist() if name.endswith(".wrapper.cpp")]
+        calls = archive.read(wrapper).decode().count("_addmm_activation(")
+    assert len(ffns) >= 2 and calls >= len(ffns)
+
+
+def test_linear_relu_epilogue_rewrites_only_addmms_that_feed_one_relu() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from codetr.export.aoti_package import LinearReLUEpilogue
+
+    def graph(x, weight, bias):  # x [6, 4], weight [4, 8], bias [8]
+        direct = torch.relu(torch.ops.aten.addmm(bias, x, weight))
+        reshaped = torch.relu(torch.ops.aten.addmm(bias, x, weight).reshape(2, 3, 8))
+        shared = torch.ops.aten.addmm(bias, x, weight)  # its pre-activation values are used too
+        kept = torch.relu(shared) + shared.sum()
+        no_bias = torch.relu(torch.ops.aten.mm(x, weight))
+        return direct, reshaped, kept, no_bias
+
+    x, weight, bias = torch.randn(6, 4), torch.randn(4, 8), torch.randn(8)
+    module = make_fx(graph)(x, weight, bias)
+    LinearReLUEpilogue()(module.graph)
+    module.recompile()
+    targets = [node.target for node in module.graph.nodes if node.op == "call_function"]
+    assert targets.count(torch.ops.aten._addmm_activation.default) == 2
+    assert targets.count(torch.ops.aten.relu.default) == 2  # kept and no_bias
+    reference = torch.relu(x.double() @ weight.double() + bias.double())
+    direct, reshaped, kept, no_bias = module(x, weight, bias)
+    torch.testing.assert_close(direct.double(), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(reshaped.double(), reference.reshape(2, 3, 8), atol=1e-5, rtol=0)
+    pre_activation = x.double() @ weight.double() + bias.double()
+    torch.testing.assert_close(kept.double(), torch.relu(pre_activation) + pre_activation.sum(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(no_bias.double(), torch.relu(x.double() @ weight.double()), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(("valid", "seed"), [((HEIGHT, WIDTH), 1), ((40, 70), 2)])
