@@ -716,6 +716,66 @@ def test_cuda_half_precision(value_dtype, location_dtype, channels, msda_inputs)
     assert_half_precision_matches(cuda_inputs(msda_inputs, channels), value_dtype, location_dtype)
 
 
+# Shapes that take the CUDA fast forward (fast_forward_fits in csrc/msda/cuda/msda_kernels.cu):
+# P = 4, D a multiple of 16 bytes, and B * Q * M * G >= 2^20 lanes, G = D * itemsize / 16 (the
+# small cases above take the general kernel); G a multiple of 4 shares each point's arithmetic
+# between 4 lanes, other G (D = 16 in half precision: G = 2) do not. (value dtype, location
+# dtype, D).
+FAST_BATCH, FAST_HEADS, FAST_LANES = 2, 8, 2**20
+FAST_CASES = [
+    (torch.float32, torch.float32, 32),
+    (torch.float32, torch.float32, 16),
+    (torch.float16, torch.float16, 32),
+    (torch.float16, torch.float32, 32),
+    (torch.float16, torch.float16, 64),
+    (torch.float16, torch.float16, 16),
+    (torch.bfloat16, torch.bfloat16, 32),
+    (torch.bfloat16, torch.float32, 32),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("value_dtype", "location_dtype", "channels"),
+    FAST_CASES,
+    ids=[f"{v}-{loc}-D{d}".replace("torch.", "") for v, loc, d in FAST_CASES],
+)
+def test_cuda_fast_forward_matches_reference(value_dtype, location_dtype, channels, msda_inputs):
+    lanes = channels * value_dtype.itemsize // 16
+    queries = FAST_LANES // (FAST_BATCH * FAST_HEADS * lanes) + 1  # + 1: a part-filled last block
+    inputs = msda_inputs(
+        batch=FAST_BATCH,
+        queries=queries,
+        heads=FAST_HEADS,
+        channels=channels,
+        shapes=CUDA_SHAPES,
+        points=4,
+        dtype=torch.float32,
+        device="cuda",
+        location_range=(-0.1, 1.1),
+        seed=5,
+    )
+    locations = inputs.sampling_locations.clone()
+    locations[:, ::7, :, :, 0, 0] = -5.0  # far outside
+    locations[:, 3::7, :, :, 1, 1] = 7.0
+    locations[0, 5::11, 2, 1, 3, 0] = math.nan  # behaves like a point outside the map
+    locations[1, 100, 3, 0, 2] = 0.5  # inside, so its NaN weight reaches the output
+    weights = inputs.attention_weights.clone()
+    weights[1, 100, 3, 0, 2] = math.nan
+    cast = inputs._replace(sampling_locations=locations, attention_weights=weights).to(
+        value_dtype, location_dtype
+    )
+    got = run_op(cast).reshape(FAST_BATCH, queries, FAST_HEADS, channels)
+    exact = cast.float64()
+    exact = exact._replace(sampling_locations=exact.sampling_locations.nan_to_num(nan=-5.0))
+    expected = run_reference(exact).reshape(got.shape)
+    expected_nan = torch.zeros_like(got, dtype=torch.bool)
+    expected_nan[1, 100, 3] = True
+    assert torch.equal(got.isnan(), expected_nan)
+    tolerance = 2e-5 if value_dtype == torch.float32 else HALF_TOLERANCE[value_dtype]
+    assert relative_error(got[~expected_nan], expected[~expected_nan]) < tolerance
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_float32_locations_beat_half_locations(device, msda_inputs):
     # The reason half values may take float32 locations: against the float64 result on the

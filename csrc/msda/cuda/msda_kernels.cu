@@ -7,6 +7,8 @@
 // lanes never straddle a warp and reduce their per-point sums with warp shuffles; in the
 // forward, whose split lanes also sum with shuffles, K is a power of two with G * K <= 32.
 //
+// The forward of encoder-sized problems at P = 4 takes forward_fast_kernel instead (below).
+//
 // Backward: gradients of sampling locations and attention weights are written once per point
 // by its first channel lane; the value gradient is scattered with vector reductions into a
 // float32 (float64) buffer, each lane owning 16 bytes of it, so half-precision values lose
@@ -15,6 +17,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 
 #include "../sampling.h"
@@ -258,6 +261,226 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
+// ---- The fast forward ---------------------------------------------------------------------
+// For the encoder's many rows at P = 4 (fast_forward_fits gives the exact conditions); the
+// general forward_kernel above keeps every other shape. Threads map to rows head-major with
+// G = D / VEC lanes per row, as in forward_kernel, so a warp's lanes gather neighbouring
+// queries of one head, 16 bytes per lane and corner. What it saves per sampling point:
+// - the level loop is outer and its 4 points are unrolled: a level's size and start are read
+//   once per level, with no per-point division (forward_kernel divides by P per point);
+// - when G is a multiple of 4, the 4 lanes of each aligned group of a row work out one point
+//   each (its location, corner offsets and weights) and share the results with 5 shuffles,
+//   instead of every lane repeating the arithmetic of all 4 points;
+// - offsets inside one batch element are 32-bit (S * M * D bytes < 2^31), floor() splits into
+//   integer and fraction without conversion instructions (split_floor), and corners outside
+//   the map are predicated loads of zero with weight zero: no branches.
+constexpr int kFastPoints = 4;
+// split_floor is exact for -1 < p < 2^22; a level wider or taller than that cannot fit in S.
+constexpr int64_t kFastMaxValues = int64_t(1) << 22;
+
+// floor(p) as an int, and p - floor(p), for -1 < p < 2^22: adding 1.5 * 2^23 rounded down puts
+// floor(p) into the low mantissa bits (the float spacing in [2^23, 2^24) is 1), so no
+// float-to-int conversion (a quarter-rate instruction) is needed. Same result as std::floor.
+__device__ __forceinline__ int split_floor(float p, float& fraction) {
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
+  const float shifted = __fadd_rd(p, kShift);
+  fraction = p - (shifted - kShift);
+  return __float_as_int(shifted) - __float_as_int(kShift);
+}
+
+// N consecutive elements as float, in one or more loads of up to 16 bytes; src is aligned to
+// the load size.
+template <typename T, int N>
+__device__ __forceinline__ void load_aligned(const T* __restrict__ src, float (&dst)[N]) {
+  constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  using Piece = std::conditional_t<
+      kBytes % 16 == 0, uint4,
+      std::conditional_t<kBytes % 8 == 0, uint2,
+                         std::conditional_t<kBytes % 4 == 0, unsigned int, unsigned short>>>;
+  static_assert(sizeof(Piece) % sizeof(T) == 0, "whole elements per load");
+  constexpr int kPer = static_cast<int>(sizeof(Piece) / sizeof(T));
+#pragma unroll
+  for (int piece = 0; piece < N / kPer; ++piece) {
+    union {
+      Piece raw;
+      T elements[kPer];
+    } packed;
+    packed.raw = __ldg(reinterpret_cast<const Piece*>(src) + piece);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) dst[piece * kPer + i] = to_acc(packed.elements[i]);
+  }
+}
+
+// 16 bytes at src as float when `valid`, zeros otherwise (a predicated load, no branch).
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec_or_zero(const T* __restrict__ src, bool valid,
+                                                 float (&dst)[VEC]) {
+  static_assert(sizeof(T) * VEC == 16, "one 16-byte vector");
+  union {
+    uint4 raw;
+    T elements[VEC];
+  } packed;
+  packed.raw = make_uint4(0, 0, 0, 0);
+  if (valid) packed.raw = __ldg(reinterpret_cast<const uint4*>(src));
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    // A bfloat16 is the high half of its float: one shift or mask per element, not an
+    // extract followed by a shift.
+    const unsigned int words[4] = {packed.raw.x, packed.raw.y, packed.raw.z, packed.raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      dst[2 * i] = __uint_as_float(words[i] << 16);
+      dst[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) dst[i] = to_acc(packed.elements[i]);
+  }
+}
+
+// One sampling point as every lane of its row needs it.
+struct FastPoint {
+  // pixel * 16 + corner mask: pixel = level start + top * W + left (the top-left corner, may be
+  // -W - 1 .. -1 when that corner is outside), mask bit i = corner i (Corners order) exists.
+  // 0 (no corner) for a point outside its map.
+  int packed;
+  float scale[4];  // attention weight times bilinear weight; 0 for a corner that is not read
+};
+
+// The arithmetic of locate_corners (sampling.h) in 32 bits.
+__device__ __forceinline__ FastPoint locate_fast_point(float x, float y, float attention,
+                                                       int height, int width, int start) {
+  const float height_f = static_cast<float>(height);
+  const float width_f = static_cast<float>(width);
+  const float px = x * width_f - 0.5f;
+  const float py = y * height_f - 0.5f;
+  // Written so that NaN fails every comparison.
+  const bool inside = px > -1.0f && py > -1.0f && px < width_f && py < height_f;
+  float frac_x, frac_y;
+  const int left = split_floor(px, frac_x);
+  const int top = split_floor(py, frac_y);
+  const bool has_left = left >= 0;
+  const bool has_right = left < width - 1;
+  const bool has_top = top >= 0;
+  const bool has_bottom = top < height - 1;
+  const bool corner[4] = {inside && has_top && has_left, inside && has_top && has_right,
+                          inside && has_bottom && has_left, inside && has_bottom && has_right};
+  // A corner that is not read gets weight 0, not attention * 0: a NaN or infinite attention
+  // weight must not leak through it (as in forward_kernel).
+  const float top_weight = attention * (1.0f - frac_y);
+  const float bottom_weight = attention * frac_y;
+  const float weight[4] = {top_weight * (1.0f - frac_x), top_weight * frac_x,
+                           bottom_weight * (1.0f - frac_x), bottom_weight * frac_x};
+  FastPoint point;
+  int mask = 0;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    mask |= corner[c] ? 1 << c : 0;
+    point.scale[c] = corner[c] ? weight[c] : 0.0f;
+  }
+  point.packed = inside ? (start + top * width + left) * 16 + mask : 0;
+  return point;
+}
+
+// acc += the point's bilinear sample of the lane's VEC channels, times its attention weight.
+// row_value points at (batch, pixel 0, head, the lane's first channel).
+template <typename T, int VEC>
+__device__ __forceinline__ void accumulate_fast_point(const T* __restrict__ row_value,
+                                                      int pixel_stride, int row_stride,
+                                                      const FastPoint& point, float (&acc)[VEC]) {
+  const int mask = point.packed & 15;
+  // Byte offsets from one 64-bit pointer: cheaper addresses than element indices.
+  // An arithmetic shift: floor(packed / 16) = pixel, negative ones included.
+  const int pixel_bytes = pixel_stride * static_cast<int>(sizeof(T));
+  const char* top_left =
+      reinterpret_cast<const char*>(row_value) + (point.packed >> 4) * pixel_bytes;
+  const char* bottom_left = top_left + row_stride * static_cast<int>(sizeof(T));
+  const char* corners[4] = {top_left, top_left + pixel_bytes, bottom_left,
+                            bottom_left + pixel_bytes};
+  float sample[4][VEC];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    load_vec_or_zero<T, VEC>(reinterpret_cast<const T*>(corners[c]), mask & (1 << c), sample[c]);
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = fmaf(point.scale[c], sample[c][i], acc[i]);
+  }
+}
+
+template <typename T, typename L, bool kShared>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    forward_fast_kernel(Problem pb, int lanes, int total_threads, const T* __restrict__ value,
+                        const int64_t* __restrict__ shapes, const int64_t* __restrict__ starts,
+                        const L* __restrict__ locations, const L* __restrict__ weights,
+                        T* __restrict__ output) {
+  constexpr int VEC = 16 / sizeof(T);
+  constexpr int P = kFastPoints;
+  // fast_forward_fits bounds every index below 2^31: 32-bit unsigned arithmetic is exact.
+  const unsigned thread = blockIdx.x * blockDim.x + threadIdx.x;
+  // Lanes past the end work on row 0 without storing: the shuffles need every lane. Rows are
+  // whole groups of 4 lanes, so no group mixes the two.
+  const bool active = thread < static_cast<unsigned>(total_threads);
+  const unsigned row = active ? thread / lanes : 0;
+  const int lane = active ? static_cast<int>(thread - row * lanes) : 0;
+  // Head-major rows, as locate_row.
+  const unsigned batch_queries = static_cast<unsigned>(pb.batch * pb.num_queries);
+  const unsigned head = row / batch_queries;
+  const unsigned batch_query = row - head * batch_queries;
+  const unsigned batch = batch_query / static_cast<unsigned>(pb.num_queries);
+  const int64_t index = static_cast<int64_t>(batch_query) * pb.num_heads + head;
+
+  const int pixel_stride = static_cast<int>(pb.num_heads * pb.channels);
+  const T* row_value =
+      value + (batch * pb.num_values * pb.num_heads + head) * pb.channels + lane * VEC;
+  const L* row_locations = locations + index * pb.num_levels * (2 * P);
+  const L* row_weights = weights + index * pb.num_levels * P;
+
+  float acc[VEC] = {};
+  for (int level = 0; level < static_cast<int>(pb.num_levels); ++level) {
+    const int64_t level_height = __ldg(shapes + 2 * level);
+    const int64_t level_width = __ldg(shapes + 2 * level + 1);
+    const int64_t level_start = __ldg(starts + level);
+    // The same for every lane: the shuffles below stay converged.
+    if (!level_fits(level_start, level_height, level_width, pb.num_values)) continue;
+    const int height = static_cast<int>(level_height);
+    const int width = static_cast<int>(level_width);
+    const int start = static_cast<int>(level_start);
+    const int row_stride = width * pixel_stride;
+    if constexpr (kShared) {
+      const int own = lane % P;
+      float xy[2];
+      float attention[1];
+      load_aligned<L, 2>(row_locations + level * (2 * P) + 2 * own, xy);
+      load_aligned<L, 1>(row_weights + level * P + own, attention);
+      const FastPoint mine =
+          locate_fast_point(xy[0], xy[1], attention[0], height, width, start);
+#pragma unroll
+      for (int point = 0; point < P; ++point) {
+        FastPoint shared;
+        shared.packed = __shfl_sync(0xffffffffu, mine.packed, point, P);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          shared.scale[c] = __shfl_sync(0xffffffffu, mine.scale[c], point, P);
+        }
+        accumulate_fast_point<T, VEC>(row_value, pixel_stride, row_stride, shared, acc);
+      }
+    } else {
+      float xy[2 * P];
+      float attention[P];
+      load_aligned<L, 2 * P>(row_locations + level * (2 * P), xy);
+      load_aligned<L, P>(row_weights + level * P, attention);
+#pragma unroll
+      for (int point = 0; point < P; ++point) {
+        const FastPoint located = locate_fast_point(xy[2 * point], xy[2 * point + 1],
+                                                    attention[point], height, width, start);
+        accumulate_fast_point<T, VEC>(row_value, pixel_stride, row_stride, located, acc);
+      }
+    }
+  }
+  if (active) store_vec<T, VEC>(output + index * pb.channels + lane * VEC, acc);
+}
+
 template <typename T, typename L, int VEC>
 __global__ void __launch_bounds__(kThreadsPerBlock, kBackwardBlocksPerSM)
     backward_kernel(Problem pb, Layout layout, const T* __restrict__ value,
@@ -377,6 +600,29 @@ void forward_with(const Problem& pb, const T* v, const int64_t* shapes, const in
       pb, layout, v, shapes, starts, loc, w, out);
 }
 
+bool aligned_to(const void* pointer, int bytes) {
+  return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
+}
+
+// Whether forward_fast_kernel takes the problem: float32 / float16 / bfloat16 value; P = 4;
+// D a multiple of 16 bytes (G = D / VEC lanes per row, any G); enough rows that the general
+// layout would not split points (B * Q * M * G >= kTargetThreads: the encoder, not the
+// decoder's 900 queries); S <= 2^22 and S * M * D * sizeof(T) < 2^31 (32-bit byte offsets in
+// one batch element); B * Q * M * G < 2^31; and pointers aligned for the vector loads (value
+// and output to 16 bytes, locations to 16, weights to their 4 elements).
+template <typename T, typename L>
+bool fast_forward_fits(const Problem& pb, const void* value, const void* locations,
+                       const void* weights, const void* output) {
+  constexpr int vec = 16 / sizeof(T);
+  constexpr int64_t int_max = std::numeric_limits<int32_t>::max();
+  if (pb.num_points != kFastPoints || pb.channels % vec != 0) return false;
+  const int64_t threads = num_rows(pb) * (pb.channels / vec);
+  const int64_t batch_bytes = pb.num_values * pb.num_heads * pb.channels * sizeof(T);
+  return threads >= kTargetThreads && threads <= int_max && pb.num_values <= kFastMaxValues &&
+         batch_bytes <= int_max && aligned_to(value, 16) && aligned_to(output, 16) &&
+         aligned_to(locations, 16) && aligned_to(weights, kFastPoints * sizeof(L));
+}
+
 template <typename T, typename L>
 cudaError_t forward_typed(const Problem& pb, const void* value, const int64_t* shapes,
                           const int64_t* starts, const void* locations, const void* weights,
@@ -385,6 +631,23 @@ cudaError_t forward_typed(const Problem& pb, const void* value, const int64_t* s
   const auto* loc = static_cast<const L*>(locations);
   const auto* w = static_cast<const L*>(weights);
   auto* out = static_cast<T*>(output);
+  if constexpr (!std::is_same_v<T, double>) {
+    if (fast_forward_fits<T, L>(pb, value, locations, weights, output)) {
+      const int lanes = static_cast<int>(pb.channels / (16 / sizeof(T)));
+      const int64_t threads = num_rows(pb) * lanes;
+      const auto blocks =
+          static_cast<unsigned int>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
+      // Whole groups of 4 lanes per row share out its 4 points; other G compute all 4 each.
+      if (lanes % kFastPoints == 0) {
+        forward_fast_kernel<T, L, true><<<blocks, kThreadsPerBlock, 0, stream>>>(
+            pb, lanes, static_cast<int>(threads), v, shapes, starts, loc, w, out);
+      } else {
+        forward_fast_kernel<T, L, false><<<blocks, kThreadsPerBlock, 0, stream>>>(
+            pb, lanes, static_cast<int>(threads), v, shapes, starts, loc, w, out);
+      }
+      return cudaGetLastError();
+    }
+  }
   // Each lane gathers 16 bytes of value per corner.
   constexpr int kVec = 16 / sizeof(T);
   if (pick_vec<T>(pb, 16, {value, output}) == kVec) {
