@@ -201,3 +201,12 @@ def test_refuses_the_current_folder(tmp_path, monkeypatch, capsys):
     assert main(["data", "synthetic", "--output", ".", "--train-images", "1", "--val-images", "1"]) == 2
     assert "holds the current folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_an_output_below_a_file(tmp_path, capsys):
+    """The shared output check (codetr.atomic.check_replaceable_dir) names the file in the way."""
+    (tmp_path / "notes.txt").write_text("mine")
+    output = tmp_path / "notes.txt" / "out"
+    assert main(["data", "synthetic", "--output", str(output), "--train-images", "1", "--val-images", "1"]) == 2
+    assert f"--output: cannot create directory {output}: {tmp_path / 'notes.txt'} is not a directory" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
