@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 logger = logging.getLogger("codetr")
@@ -28,6 +28,55 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def check_replaceable_dir(
+    path: Path,
+    overwrite: bool,
+    *,
+    argument: str,
+    inputs: Sequence[Path] = (),
+    replaceable: Callable[[Path], bool] | None = None,
+    replaceable_name: str = "",
+    overwrite_replaces: str = "that folder and everything in it",
+) -> Path:
+    """Raise, creating nothing, unless :func:`atomic_dir` can write a run to ``path`` and swap it
+    in whole; return ``path`` made absolute.
+
+    ``path`` must be missing or an empty folder, or a non-empty one that ``replaceable`` accepts
+    (what the command itself writes, e.g. an earlier export; described as ``replaceable_name`` in
+    the refusal), or any folder with ``overwrite``. Never a file, a folder holding the current
+    folder or one of ``inputs`` (the swap would remove them), or a path whose nearest existing
+    parent is not a writable folder. Messages name the option as ``argument`` (e.g. ``--output``)
+    and say what is expected; the --overwrite hint says what it replaces (``overwrite_replaces``).
+
+    Raises NotADirectoryError, ValueError, FileExistsError or PermissionError.
+    """
+    absolute = Path(path).absolute()
+    if absolute.exists() and not absolute.is_dir():
+        raise NotADirectoryError(f"{argument} {path} exists and is not a directory; give a folder (created if missing)")
+    resolved = absolute.resolve()
+    for held, what in ((Path.cwd(), "the current folder"), *((given, f"the input {given}") for given in inputs)):
+        if Path(held).resolve().is_relative_to(resolved):
+            raise ValueError(f"{argument} {path} holds {what}; a finished run replaces {path} whole, so choose a "
+                             "folder outside it")
+    if absolute.is_dir() and not overwrite:
+        found = sorted(entry.name for entry in absolute.iterdir())
+        if found and not (replaceable is not None and replaceable(absolute)):
+            listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            not_replaceable = f" and is not {replaceable_name}" if replaceable is not None else ""
+            raise FileExistsError(
+                f"{argument} {path} is not empty{not_replaceable} (holds {listing}); choose a new or empty folder, "
+                f"or pass --overwrite to replace {overwrite_replaces}"
+            )
+    existing = next(folder for folder in absolute.parents if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{argument}: cannot create directory {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if absolute.exists():  # the new run is built beside it and swapped in
+            raise PermissionError(f"{argument}: cannot replace {path}: its folder {existing} is not writable")
+        raise PermissionError(f"{argument}: cannot create directory {path}: {existing} is not writable")
+    return absolute
 
 
 @contextlib.contextmanager

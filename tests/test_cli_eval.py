@@ -146,8 +146,12 @@ def test_interrupted_writing_leaves_the_output_as_it_was(tmp_path: Path, tiny_co
     monkeypatch.setattr(eval_command, "metrics_document", lambda evaluation: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(["eval", "--detections", str(detections), "--annotations", str(annotation_file), "--output", str(output),
                  "--overwrite"]) == 130
-    assert "interrupted" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted: {output} was left as it was"
     assert [(path.name, path.read_text()) for path in output.iterdir()] == [("metrics.json", "earlier")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "results.json"]
+    new = tmp_path / "new" / "out"
+    assert main(["eval", "--detections", str(detections), "--annotations", str(annotation_file), "--output", str(new)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted: nothing was written ({new} does not exist)"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "results.json"]
 
 

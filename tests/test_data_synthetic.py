@@ -196,8 +196,37 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_interrupted_command_says_the_output_was_left_as_it_was(tmp_path, monkeypatch, capsys):
+    output = tmp_path / "out"
+    argv = ["data", "synthetic", "--output", str(output), "--train-images", "2", "--val-images", "0", "--size", "64", "64",
+            "--workers", "1"]
+    assert main(argv) == 0
+    before = tree_bytes(output)
+    capsys.readouterr()
+
+    def interrupt(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_render_and_save", interrupt)
+    assert main([*argv, "--overwrite", "--seed", "1"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted: {output} was left as it was"
+    assert tree_bytes(output) == before
+    assert main([*argv[:3], str(tmp_path / "new"), *argv[4:]]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted: nothing was written ({tmp_path / 'new'} does not exist)"
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
 def test_refuses_the_current_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["data", "synthetic", "--output", ".", "--train-images", "1", "--val-images", "1"]) == 2
     assert "holds the current folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_an_output_below_a_file(tmp_path, capsys):
+    """The shared output check (codetr.atomic.check_replaceable_dir) names the file in the way."""
+    (tmp_path / "notes.txt").write_text("mine")
+    output = tmp_path / "notes.txt" / "out"
+    assert main(["data", "synthetic", "--output", str(output), "--train-images", "1", "--val-images", "1"]) == 2
+    assert f"--output: cannot create directory {output}: {tmp_path / 'notes.txt'} is not a directory" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]

@@ -160,11 +160,58 @@ def test_dim_range_parse() -> None:
         (["--artifacts", "aoti", "--aoti-config", "freezing=maybe"], "freezing takes bool values (default False), got 'maybe'"),
     ],
 )
-def test_cli_rejects_bad_arguments(capsys, tmp_path: Path, args: list[str], message: str) -> None:
+def test_cli_rejects_bad_arguments(capsys, tmp_path: Path, no_tensorrt_probe, args: list[str], message: str) -> None:
     status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96",
                              "--output", str(tmp_path / "out"), *args)
     assert status == 2
     assert message in stderr
+
+
+@pytest.fixture
+def no_tensorrt_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``codetr export``'s TensorRT / Torch-TensorRT probes (seconds long, they log the --msda auto
+    choice) fail the test if called: a bad command must fail before them."""
+
+    def probe(*args, **kwargs):
+        raise AssertionError("the TensorRT probe ran before the options were checked")
+
+    for name in ("choose_msda", "tensorrt_unavailable_reason", "import_tensorrt", "torch_tensorrt_unavailable_reason"):
+        monkeypatch.setattr(f"codetr.cli.export.{name}", probe)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--height is required: config tiny has no fixed pad_size"),
+        (["--height", "64", "--width", "96", "--torch-tensorrt", "hybrid", "--device", "cpu"],
+         "--torch-tensorrt hybrid: Torch-TensorRT compiles on a CUDA GPU"),
+        (["--height", "64", "--width", "96", "--score-threshold", "0.5"], "--score-threshold applies to --postprocess"),
+        (["--height", "64", "--width", "96", "--plugin-library", "/nonexistent/lib.so"],
+         "plugin_library: no such file /nonexistent/lib.so"),
+        (["--height", "64", "--width", "96", "--calibration-data", "/nonexistent"], "--calibration-data: only used with --int8"),
+        (["--height", "64", "--width", "96", "--dynamic-height", "64:32"], "dynamic_height 64:32 must satisfy"),
+    ],
+)
+def test_cli_fails_fast_before_the_tensorrt_probe(capsys, caplog, tmp_path: Path, no_tensorrt_probe, args: list[str],
+                                                  message: str) -> None:
+    """A mistake that needs no TensorRT is the only thing printed: no --msda auto line before it."""
+    status, stderr = run_cli(capsys, "--config", str(TINY), "--output", str(tmp_path / "out"), *args)
+    assert status == 2
+    assert len(stderr.splitlines()) == 1 and stderr.startswith(f"error: {message}")
+    assert caplog.text == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_checks_the_output_folder_before_the_tensorrt_probe(capsys, tmp_path: Path, no_tensorrt_probe) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep")
+    status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96",
+                             "--output", str(tmp_path / "out"))
+    assert status == 2
+    assert stderr.splitlines() == [
+        f"error: --output {tmp_path / 'out'} is not empty and is not a codetr export (holds notes.txt); choose a new "
+        "or empty folder, or pass --overwrite to replace that folder and everything in it"]
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")
@@ -217,7 +264,10 @@ def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
 
 def test_cli_rejects_torch_tensorrt_without_the_package(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # makes `import torch_tensorrt` fail
-    status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96",
+    # --device cuda passes its own check first (no GPU is used: the command stops at the package check).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    status, stderr = run_cli(capsys, "--config", str(TINY), "--height", "64", "--width", "96", "--device", "cuda",
                              "--torch-tensorrt", "hybrid", "--output", str(tmp_path / "out"))
     assert status == 2
     assert "--torch-tensorrt hybrid: torch_tensorrt cannot be imported (" in stderr

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from codetr.atomic import check_replaceable_dir
 from codetr.config import shipped_configs
 
 logger = logging.getLogger("codetr")
@@ -67,24 +68,18 @@ def check_output_folder(output: Path, overwrite: bool, inputs: Sequence[Path] = 
     ``overwrite``, a folder that is then replaced whole, so an earlier run's files never sit
     beside this run's. Never a file, the current folder, or a folder holding one of ``inputs``
     (replacing it would delete them). NotADirectoryError, FileExistsError, ValueError or
-    PermissionError naming --output."""
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"--output {output} is an existing file; give a folder (created if missing)")
-    resolved = output.resolve()
-    if Path.cwd().resolve().is_relative_to(resolved):
-        raise ValueError(f"--output {output} holds the current folder, which a finished run replaces; choose another folder")
-    for given in inputs:
-        if given.resolve().is_relative_to(resolved):
-            raise ValueError(f"--output {output} holds the input {given}, which a finished run replaces; choose another folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        found = sorted(entry.name for entry in output.iterdir())
-        listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-        raise FileExistsError(
-            f"--output {output} is not empty (holds {listing}); choose a new or empty folder, or pass --overwrite "
-            "to replace that folder and everything in it"
-        )
-    existing = next(folder for folder in resolved.parents if folder.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(f"--output {output}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"--output {output}: cannot write into {existing}")
+    PermissionError naming --output (:func:`codetr.atomic.check_replaceable_dir`)."""
+    check_replaceable_dir(output, overwrite, argument="--output", inputs=inputs)
+
+
+def left_as_it_was(output: Path) -> str:
+    """What an output written as one unit (:func:`codetr.atomic.atomic_dir`) holds after a failed
+    or interrupted run: what it held before, or nothing."""
+    return f"{output} was left as it was" if output.exists() else f"nothing was written ({output} does not exist)"
+
+
+def interrupted(output: Path) -> int:
+    """Say, after Ctrl-C, that ``output`` (written as one unit) was left as it was, and return the
+    front door's exit status for an interrupt, 130."""
+    print(f"interrupted: {left_as_it_was(output)}", file=sys.stderr)
+    return 130

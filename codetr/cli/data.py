@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from codetr.cli.common import interrupted
 from codetr.data.synthetic import CLASSES, generate_dataset
 
 
@@ -44,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
 def run_synthetic(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    summaries = generate_dataset(args.output, args.train_images, args.val_images, args.size, args.seed,
-                                 num_classes=args.classes, workers=args.workers, overwrite=args.overwrite, progress=True)
+    try:
+        summaries = generate_dataset(args.output, args.train_images, args.val_images, args.size, args.seed,
+                                     num_classes=args.classes, workers=args.workers, overwrite=args.overwrite,
+                                     progress=True)
+    except KeyboardInterrupt:
+        return interrupted(args.output)
     seconds = time.perf_counter() - started
     images = sum(summary.images for summary in summaries)
     for summary in summaries:

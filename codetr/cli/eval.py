@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from codetr.atomic import atomic_dir, atomic_path
-from codetr.cli.common import CONFIG_HELP, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type
+from codetr.cli.common import CONFIG_HELP, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, interrupted
 from codetr.config import load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
 from codetr.evaluation.coco import (
@@ -90,9 +90,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    if args.output is not None:
-        inputs = [path for path in (args.annotations, args.images, args.data, args.detections, *args.models) if path]
-        check_output_folder(args.output, args.overwrite, inputs)
+    if args.output is None:
+        return _evaluate(args)
+    inputs = [path for path in (args.annotations, args.images, args.data, args.detections, *args.models) if path]
+    check_output_folder(args.output, args.overwrite, inputs)
+    try:
+        return _evaluate(args)
+    except KeyboardInterrupt:
+        return interrupted(args.output)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Score, print, and write ``args.output`` (when given) as one unit."""
     annotation_file, image_dir = _dataset_files(args)
     if args.detections is not None:
         results = load_results(args.detections)

@@ -8,6 +8,7 @@ output folder is left as it was and one line says so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -16,14 +17,17 @@ import torch
 
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
-from codetr.cli.common import CONFIG_HELP, FLOAT16_ON_CPU, USE_EMA_HELP, default_device, device_type, warn_random_weights
+from codetr.cli.common import (
+    CONFIG_HELP, FLOAT16_ON_CPU, USE_EMA_HELP, default_device, device_type, interrupted, left_as_it_was, warn_random_weights,
+)
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
 from codetr.contract.postprocess import PostprocessMode
 from codetr.export.options import BUILT_ARTIFACTS, DEFAULT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
 from codetr.export.msda_choice import AUTO, MSDA_CHOICES, choose_msda
-from codetr.export.pipeline import export_model
+from codetr.export.pipeline import check_output_dir, export_model
+from codetr.export.program import check_input_sizes
 from codetr.export.postprocess import score_threshold_for
 from codetr.export.stages import ExportError
 from codetr.models import DTYPES, build_model
@@ -126,17 +130,24 @@ def _default_size(config: Config, given: int | None, axis: int, name: str) -> in
     return config.preprocess.pad_size[axis]
 
 
+def _requested_artifacts(text: str) -> tuple[Artifact, ...]:
+    """``--artifacts`` as named (``auto``: :data:`DEFAULT_ARTIFACTS`, what it builds at most)."""
+    if text == AUTO_ARTIFACTS:
+        return DEFAULT_ARTIFACTS
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    known = {artifact.value: artifact for artifact in BUILT_ARTIFACTS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"--artifacts: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return tuple(artifact for artifact in BUILT_ARTIFACTS if artifact.value in names)
+
+
 def _artifacts(
     text: str, msda: MsdaMode, plugin_library: Path | None, postprocess: PostprocessMode
 ) -> tuple[tuple[Artifact, ...], dict[Artifact, str]]:
     """The artifacts to build and, for ``auto``, the ones skipped with the reason."""
+    artifacts = _requested_artifacts(text)
     if text != AUTO_ARTIFACTS:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        known = {artifact.value: artifact for artifact in BUILT_ARTIFACTS}
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            raise ValueError(f"--artifacts: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
-        artifacts = tuple(artifact for artifact in BUILT_ARTIFACTS if artifact.value in names)
         reason = tensorrt_unavailable_reason() if Artifact.ENGINE in artifacts else None
         if reason:
             raise ValueError(f"--artifacts engine: {reason}")
@@ -144,7 +155,7 @@ def _artifacts(
     reason = _engine_unavailable_reason(msda, plugin_library, postprocess)
     if reason:
         return (Artifact.EXPORTED_PROGRAM, Artifact.ONNX), {Artifact.ENGINE: reason}
-    return DEFAULT_ARTIFACTS, {}
+    return artifacts, {}
 
 
 def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None, postprocess: PostprocessMode) -> str | None:
@@ -165,12 +176,10 @@ def _engine_unavailable_reason(msda: MsdaMode, plugin_library: Path | None, post
 
 def _torch_tensorrt_mode(text: str | None, device: torch.device) -> CompileMode | None:
     """The requested Torch-TensorRT mode; like an explicitly requested engine, it is an error
-    (before any work) when it cannot be produced here."""
+    (before any work) when it cannot be produced on ``device``. Whether the package imports is
+    checked with TensorRT, in :func:`options_from_args`."""
     if text is None:
         return None
-    reason = torch_tensorrt_unavailable_reason()
-    if reason:
-        raise ValueError(f"--torch-tensorrt {text}: {reason}")
     if device.type != "cuda":
         raise ValueError(f"--torch-tensorrt {text}: Torch-TensorRT compiles on a CUDA GPU; use --device cuda")
     return CompileMode(text)
@@ -206,10 +215,13 @@ def _opset(args: argparse.Namespace) -> int | None:
     return args.opset
 
 
-def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions:
-    choice = choose_msda(args.msda, args.plugin_library, engine_requested=Artifact.ENGINE.value in args.artifacts)
-    msda = choice.mode
-    artifacts, skipped = _artifacts(args.artifacts, msda, args.plugin_library, PostprocessMode(args.postprocess))
+def requested_options(args: argparse.Namespace, config: Config) -> ExportOptions:
+    """The options as asked, checked without importing TensorRT (fast, nothing printed).
+
+    ``--msda auto`` stands for ``plugin`` and ``--artifacts auto`` for the full default set: the
+    most permissive outcome of each, so what is refused here is refused whatever TensorRT turns
+    out to offer; :func:`options_from_args` then settles them. ValueError naming the option."""
+    postprocess = PostprocessMode(args.postprocess)
     try:
         return ExportOptions(
             dtype=DTYPES[args.dtype],
@@ -218,8 +230,8 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             dynamic_height=DimRange.parse(args.dynamic_height, "--dynamic-height") if args.dynamic_height else None,
             dynamic_width=DimRange.parse(args.dynamic_width, "--dynamic-width") if args.dynamic_width else None,
             batch_size=args.batch_size,
-            artifacts=artifacts,
-            msda=msda,
+            artifacts=_requested_artifacts(args.artifacts),
+            msda=MsdaMode.PLUGIN if args.msda == AUTO else MsdaMode(args.msda),
             optimization_level=args.optimization_level,
             device=args.device,
             opset=_opset(args),
@@ -228,12 +240,30 @@ def options_from_args(args: argparse.Namespace, config: Config) -> ExportOptions
             embed_plugin=args.embed_plugin,
             timing_cache=args.timing_cache,
             torch_tensorrt=_torch_tensorrt_mode(args.torch_tensorrt, args.device),
-            skipped=skipped,
-            postprocess=PostprocessMode(args.postprocess),
-            score_threshold=score_threshold_for(PostprocessMode(args.postprocess), args.score_threshold, config),
-            msda_choice=choice.reason,
+            postprocess=postprocess,
+            score_threshold=score_threshold_for(postprocess, args.score_threshold, config),
             aoti_configs=parse_aoti_configs(args.aoti_config),
         )
+    except ValueError as error:
+        raise ValueError(f"{error} (see codetr export --help)") from None
+
+
+def options_from_args(args: argparse.Namespace, config: Config, requested: ExportOptions | None = None) -> ExportOptions:
+    """:func:`requested_options` (or ``requested``, its result), then what needs TensorRT: the
+    ``--msda auto`` choice (logged), the ``--artifacts auto`` engine, an explicitly requested
+    engine or Torch-TensorRT compile that cannot be produced here (ValueError)."""
+    if requested is None:
+        requested = requested_options(args, config)
+    if args.torch_tensorrt is not None:
+        reason = torch_tensorrt_unavailable_reason()
+        if reason:
+            raise ValueError(f"--torch-tensorrt {args.torch_tensorrt}: {reason}")
+    engine_requested = args.artifacts != AUTO_ARTIFACTS and Artifact.ENGINE in requested.artifacts
+    choice = choose_msda(args.msda, args.plugin_library, engine_requested=engine_requested)
+    artifacts, skipped = _artifacts(args.artifacts, choice.mode, args.plugin_library, requested.postprocess)
+    try:
+        return dataclasses.replace(requested, artifacts=artifacts, msda=choice.mode, skipped=skipped,
+                                   msda_choice=choice.reason)
     except ValueError as error:
         raise ValueError(f"{error} (see codetr export --help)") from None
 
@@ -242,10 +272,15 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
     config = load_config(args.config)
-    options = options_from_args(args, config)
+    # Every check that needs no TensorRT first: a mistake is reported at once, before the
+    # seconds-long TensorRT probe and its log lines.
+    requested = requested_options(args, config)
+    check_input_sizes(config, requested)
     calibration = calibration_from_args(args, config, enabled=args.int8)
     if calibration is not None:
-        check_opset(options.onnx_opset, options.dtype)
+        check_opset(requested.onnx_opset, requested.dtype)
+    check_output_dir(args.output, args.overwrite, argument="--output")
+    options = options_from_args(args, config, requested)
     for artifact, reason in options.skipped.items():
         # Said where the user sees it: the install hides the plugin build's own message.
         logger.warning("not building the %s: %s", ARTIFACTS[artifact].description, reason)
@@ -274,11 +309,10 @@ def run(args: argparse.Namespace) -> int:
         result = export_model(model, config, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
                               quantization=quantization)
     except ExportError as error:
-        print(f"error: {error}; {_left_as_it_was(args.output)}", file=sys.stderr)
+        print(f"error: {error}; {left_as_it_was(args.output)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: {_left_as_it_was(args.output)}", file=sys.stderr)
-        return 130
+        return interrupted(args.output)
     total = sum(record.seconds for record in result.stages.records)
     precision = f"{args.dtype} + int8" if args.int8 else args.dtype
     print(f"exported {config.name} ({precision}, msda {options.msda.value}) to {result.output_dir} in {total:.1f} s:")
@@ -290,7 +324,3 @@ def run(args: argparse.Namespace) -> int:
     if result.partition is not None:
         print(f"Torch-TensorRT {options.torch_tensorrt.value}: {result.partition}")
     return 0
-
-
-def _left_as_it_was(output: Path) -> str:
-    return f"{output} was left as it was" if output.exists() else f"nothing was written ({output} does not exist)"

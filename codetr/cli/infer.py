@@ -47,7 +47,8 @@ from tqdm import tqdm
 
 from codetr.atomic import atomic_dir, atomic_path
 from codetr.cli.common import (
-    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, warn_random_weights,
+    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, interrupted,
+    warn_random_weights,
 )
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
 from codetr.models import DTYPES
@@ -110,6 +111,19 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     paths = list_images(args.input)
     check_output(args.output, args.input, args.overwrite)
+    try:
+        image_entries, results, skipped = _infer_into(args, paths)
+    except KeyboardInterrupt:
+        return interrupted(args.output)
+    print(f"{len(image_entries)} image(s), {len(results)} detection(s) -> {args.output}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(str(path) for path in skipped)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _infer_into(args: argparse.Namespace, paths: list[Path]) -> tuple[list[dict], list[dict], list[Path]]:
+    """Run the model on ``paths`` and write the run to ``args.output`` as one unit."""
     # Workers start decoding now, while the model loads (and fork before its libraries start threads).
     batches = iter(image_loader(paths, args.batch_size, args.workers))
     predictor = make_predictor(args)
@@ -120,12 +134,7 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("%s was exported without --checkpoint: RANDOM WEIGHTS, its detections are meaningless", args.model)
     image_ids = coco_image_ids(paths)
     with atomic_dir(args.output) as staging:
-        image_entries, results, skipped = run_images(predictor, batches, paths, image_ids, args.score_threshold, staging)
-    print(f"{len(image_entries)} image(s), {len(results)} detection(s) -> {args.output}")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(str(path) for path in skipped)}", file=sys.stderr)
-        return 1
-    return 0
+        return run_images(predictor, batches, paths, image_ids, args.score_threshold, staging)
 
 
 def run_images(

@@ -32,8 +32,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +41,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from codetr.atomic import atomic_dir, check_replaceable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -349,21 +349,20 @@ def generate_dataset(output: Path, train_images: int, val_images: int, size: Seq
     """Write the dataset to ``output``: ``annotations/instances_{split}.json`` and ``{split}/*.jpg``.
 
     A split with 0 images is not written. The dataset is built in a hidden sibling folder and
-    renamed into place when complete, so an interrupted run leaves no partial dataset.
+    swapped in when complete (:func:`codetr.atomic.atomic_dir`), so an interrupted run leaves no
+    partial dataset and ``output`` as it was.
     ``output`` must not exist or be empty; with ``overwrite`` an earlier generated dataset (a
     folder holding only ``annotations``, ``train`` and ``val``) is replaced. ``workers`` processes
     render the images; the output does not depend on their number. Raises ValueError for bad
-    arguments and FileExistsError for an occupied ``output``.
+    arguments and OSError (FileExistsError for an occupied ``output``) for an ``output`` that
+    cannot be written (:func:`codetr.atomic.check_replaceable_dir`).
     """
     output = Path(output)
     check_arguments(train_images, val_images, size, num_classes, workers)
     _check_output(output, overwrite)
     height, width = size
-    absolute = output.resolve()
-    staging = absolute.with_name(f".{absolute.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        (staging / "annotations").mkdir(parents=True)
+    with atomic_dir(output) as staging:
+        (staging / "annotations").mkdir()
         summaries = []
         for split, count in zip(SPLITS, (train_images, val_images)):
             if count == 0:
@@ -378,9 +377,6 @@ def generate_dataset(output: Path, train_images: int, val_images: int, size: Seq
             summaries.append(SplitSummary(split, count, len(coco["annotations"])))
             logger.info("%s: %d images, %d objects in %.1f s", split, count, len(coco["annotations"]),
                         time.perf_counter() - started)
-        _move_into_place(staging, absolute)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return summaries
 
 
@@ -422,28 +418,9 @@ _DATASET_ENTRIES = {"annotations", *SPLITS}
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
-    here = Path.cwd()
-    if output.resolve() in (here, *here.parents):
-        raise ValueError(f"--output {output} holds the current folder, but a finished dataset replaces the "
-                         f"output folder: name a folder outside it")
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"--output {output} exists and is not a folder")
-    if not output.is_dir() or not any(output.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(f"--output {output} exists and is not empty (pass --overwrite to replace a generated dataset)")
-    foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in _DATASET_ENTRIES)
+    """:func:`codetr.atomic.check_replaceable_dir`, and --overwrite replaces only a generated dataset."""
+    check_replaceable_dir(output, overwrite, argument="--output", overwrite_replaces="a generated dataset")
+    foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in _DATASET_ENTRIES) if output.is_dir() else []
     if foreign:
         raise FileExistsError(f"--output {output} holds {', '.join(foreign)}, not only a generated dataset "
                               f"({', '.join(sorted(_DATASET_ENTRIES))}); refusing to replace it")
-
-
-def _move_into_place(staging: Path, output: Path) -> None:
-    """Rename the finished dataset to ``output``; an existing (checked) one goes only after that succeeds."""
-    if output.is_dir() and any(output.iterdir()):
-        retired = staging.with_suffix(".old")
-        os.replace(output, retired)
-        os.replace(staging, output)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, output)  # replaces an empty folder too

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from codetr.atomic import atomic_dir, atomic_path
+from codetr.atomic import atomic_dir, atomic_path, check_replaceable_dir
 from codetr.config import Config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode
 from codetr.contract.metadata import METADATA_NAME, write_metadata
@@ -73,29 +72,12 @@ def is_codetr_export(folder: Path) -> bool:
     return isinstance(document, dict) and str(document.get("format", "")).startswith("codetr-export/")
 
 
-def check_output_dir(output_dir: Path, overwrite: bool = False) -> Path:
-    """Raise a clear OSError unless an export can be swapped in at ``output_dir`` (see the module
-    docstring). Creates nothing. Returns the absolute path."""
-    output_dir = Path(output_dir).absolute()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"output: {output_dir} exists and is not a directory")
-    if Path.cwd().resolve().is_relative_to(output_dir.resolve()):
-        raise IsADirectoryError(f"output: {output_dir} holds the current directory; choose another folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite and not is_codetr_export(output_dir):
-        found = sorted(entry.name for entry in output_dir.iterdir())
-        listing = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-        raise FileExistsError(
-            f"output: {output_dir} is not empty and is not a codetr export (holds {listing}); choose a new "
-            "or empty folder, or pass --overwrite to replace that folder and everything in it"
-        )
-    existing = next(folder for folder in output_dir.parents if folder.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(f"output: cannot create directory {output_dir}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        if output_dir.exists():  # the new export is built beside it and swapped in
-            raise PermissionError(f"output: cannot replace {output_dir}: its folder {existing} is not writable")
-        raise PermissionError(f"output: cannot create directory {output_dir}: {existing} is not writable")
-    return output_dir
+def check_output_dir(output_dir: Path, overwrite: bool = False, argument: str = "output_dir") -> Path:
+    """Raise a clear OSError / ValueError naming ``argument`` unless an export can be swapped in at
+    ``output_dir`` (see the module docstring and :func:`codetr.atomic.check_replaceable_dir`). Creates
+    nothing. Returns the absolute path."""
+    return check_replaceable_dir(output_dir, overwrite, argument=argument, replaceable=is_codetr_export,
+                                 replaceable_name="a codetr export")
 
 
 def engine_profiles(options: ExportOptions) -> dict[str, ShapeProfile]:

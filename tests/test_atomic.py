@@ -1,0 +1,107 @@
+"""codetr.atomic.check_replaceable_dir: the one check of an output folder that atomic_dir replaces
+whole (used by export, infer, eval and data synthetic). Each case checks that nothing was created."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from codetr.atomic import check_replaceable_dir
+
+OVERWRITE_HINT = "choose a new or empty folder, or pass --overwrite to replace that folder and everything in it"
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_missing_and_empty_folders_are_accepted_and_nothing_is_created(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert check_replaceable_dir(Path("a/b/out"), False, argument="--output") == tmp_path / "a" / "b" / "out"
+    (tmp_path / "empty").mkdir()
+    assert check_replaceable_dir(Path("empty"), False, argument="--output") == tmp_path / "empty"
+    assert tree(tmp_path) == ["empty"]
+
+
+def test_a_non_empty_folder_needs_overwrite_and_the_refusal_lists_it(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    for name in ("f", "e", "d", "c", "b", "a"):
+        (output / name).write_text("")
+    with pytest.raises(FileExistsError) as caught:
+        check_replaceable_dir(output, False, argument="--output")
+    assert str(caught.value) == f"--output {output} is not empty (holds a, b, c, d, e, ...); {OVERWRITE_HINT}"
+    assert check_replaceable_dir(output, True, argument="--output") == output
+    assert tree(output) == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_a_replaceable_folder_needs_no_overwrite(tmp_path: Path) -> None:
+    """The predicate sees the absolute folder; a refused folder is described by its name."""
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "model.onnx").write_text("")
+    seen = []
+
+    def holds_only_onnx(folder: Path) -> bool:
+        seen.append(folder)
+        return all(entry.suffix == ".onnx" for entry in folder.iterdir())
+
+    assert check_replaceable_dir(output, False, argument="output", replaceable=holds_only_onnx,
+                                 replaceable_name="an ONNX folder") == output
+    assert seen == [output]
+    (output / "notes.txt").write_text("")
+    with pytest.raises(FileExistsError) as caught:
+        check_replaceable_dir(output, False, argument="output", replaceable=holds_only_onnx,
+                              replaceable_name="an ONNX folder", overwrite_replaces="an ONNX folder")
+    assert str(caught.value) == (f"output {output} is not empty and is not an ONNX folder (holds model.onnx, notes.txt); "
+                                 "choose a new or empty folder, or pass --overwrite to replace an ONNX folder")
+
+
+def test_a_file_is_refused(tmp_path: Path) -> None:
+    existing = tmp_path / "results.json"
+    existing.write_text("keep")
+    with pytest.raises(NotADirectoryError, match=re.escape(f"--output {existing} exists and is not a directory; give a folder")):
+        check_replaceable_dir(existing, True, argument="--output")
+    below = existing / "out"
+    with pytest.raises(NotADirectoryError, match=re.escape(f"--output: cannot create directory {below}: {existing} is not a directory")):
+        check_replaceable_dir(below, True, argument="--output")
+    assert existing.read_text() == "keep"
+
+
+@pytest.mark.parametrize("given", [".", "..", "../inside"])
+def test_a_folder_holding_the_current_folder_is_refused_even_with_overwrite(tmp_path: Path, monkeypatch, given: str) -> None:
+    """Swapping it out would pull the folder the process (and the user's shell) is in away."""
+    (tmp_path / "out" / "inside").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "out" / "inside")
+    expected = f"--output {given} holds the current folder; a finished run replaces {given} whole, so choose a folder outside it"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        check_replaceable_dir(Path(given), True, argument="--output")
+    assert tree(tmp_path) == ["out", "out/inside"]
+
+
+def test_a_folder_holding_an_input_is_refused_even_with_overwrite(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    images = output / "images"
+    images.mkdir(parents=True)
+    other = tmp_path / "other.json"
+    for inputs in ([other, images], [output]):
+        with pytest.raises(ValueError, match=re.escape(f"holds the input {inputs[-1]}; a finished run replaces")):
+            check_replaceable_dir(output, True, argument="--output", inputs=inputs)
+    assert check_replaceable_dir(output, True, argument="--output", inputs=[other]) == output  # a sibling is fine
+
+
+def test_a_read_only_parent_is_refused(tmp_path: Path, monkeypatch) -> None:
+    read_only = tmp_path / "read_only"
+    (read_only / "old").mkdir(parents=True)
+    # Root may write into a chmod 555 folder, so os.access is what says the folder is read-only here.
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != read_only)
+    new = read_only / "new" / "out"
+    with pytest.raises(PermissionError, match=re.escape(f"--output: cannot create directory {new}: {read_only} is not writable")):
+        check_replaceable_dir(new, False, argument="--output")
+    with pytest.raises(PermissionError, match=re.escape(f"--output: cannot replace {read_only / 'old'}: its folder "
+                                                         f"{read_only} is not writable")):
+        check_replaceable_dir(read_only / "old", True, argument="--output")
+    assert tree(tmp_path) == ["read_only", "read_only/old"]
