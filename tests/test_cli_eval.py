@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -264,3 +265,14 @@ def test_a_comparison_with_nothing_matched_says_so() -> None:
     text = format_comparison({"reference": "eager", "top_detections": 10, "models": {"a.onnx": nothing, "b.pt2": some}})
     assert "a.onnx: ΔAP +0.0000, matched 0 of 80; the models' detections disagree" in text
     assert "b.pt2: ΔAP -0.0010, matched 78 of 80; max |Δscore| 1.23e-02, max |Δbox| 1.500 px over them" in text
+
+
+def test_a_model_padding_unlike_the_reference_gets_a_note() -> None:
+    from codetr.cli.eval import preprocessing_note
+    from codetr.config import PreprocessConfig
+
+    eager = PreprocessConfig(scale=(96, 64), size_divisor=32)
+    static_export = dataclasses.replace(eager, pad_size=(64, 96))
+    note = preprocessing_note("model.onnx", static_export, "eager", eager)
+    assert note is not None and "model.onnx" in note and "pad_size (64, 96) vs None" in note and "ΔAP" in note
+    assert preprocessing_note("model.pt2", eager, "eager", eager) is None

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from codetr.atomic import atomic_dir, atomic_path
 from codetr.cli.common import CONFIG_HELP, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, interrupted
-from codetr.config import load_config
+from codetr.config import PreprocessConfig, load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
 from codetr.evaluation.coco import (
     BBOX_METRICS, Metrics, evaluate_detections, load_annotations, load_results, results_mismatch,
@@ -162,8 +162,13 @@ def _run_models(args: argparse.Namespace, annotation_file: Path, image_dir: Path
     try:
         artifacts = ([None] if args.config is not None else []) + list(args.models)  # None: the eager model
         evaluations = []
+        reference = None
         for label, artifact in zip(_labels(artifacts), artifacts):
             predictor = _predictor(args, artifact, device)
+            if reference is None:
+                reference = (label, predictor.preprocess)
+            elif (note := preprocessing_note(label, predictor.preprocess, *reference)) is not None:
+                logger.info("%s", note)
             results, metrics, stats = evaluate_model(
                 predictor, dataset, args.batch_size, args.workers, score_threshold=args.score_threshold
             )
@@ -187,6 +192,20 @@ def _predictor(args: argparse.Namespace, artifact: Path | None, device: str | No
     if predictor.random_weights:
         logger.warning("%s has RANDOM WEIGHTS: its AP is meaningless", artifact or args.config)
     return predictor
+
+
+def preprocessing_note(label: str, preprocess: PreprocessConfig, reference_label: str, reference: PreprocessConfig) -> str | None:
+    """A note when ``label`` pads its inputs unlike the ΔAP reference (None when alike): e.g. a
+    static export pads to its exported size while the eager model pads each batch to the size
+    divisor, so their ΔAP also measures that padding wherever the two canvases differ."""
+    differing = [f"{field.name} {getattr(preprocess, field.name)} vs {getattr(reference, field.name)}"
+                 for field in dataclasses.fields(PreprocessConfig)
+                 if getattr(preprocess, field.name) != getattr(reference, field.name)]
+    if not differing:
+        return None
+    return (f"note: {label} pre-processes unlike the reference {reference_label} ({'; '.join(differing)}): where an "
+            f"image's padded canvas differs, its ΔAP includes that difference, not only the export's own "
+            f"(export at the images' padded size, or use codetr compare, which runs both at the export's size)")
 
 
 def _start_distributed(device: str | None) -> str | None:
