@@ -155,6 +155,21 @@ def test_the_runtime_does_not_import_the_exporter(tiny_aoti_export: Path) -> Non
     assert completed.stdout.split("\n")[0] == "(1, 20, 4) []"  # max_per_img 20; no codetr.export module
 
 
+def test_infer_on_a_package_prints_no_library_noise(tiny_aoti_export: Path, tmp_path: Path) -> None:
+    """torch's "No CUDA runtime is found" (logged when an AOTInductor load imports
+    torch.utils.cpp_extension on a machine without a GPU) stays behind --verbose."""
+    from PIL import Image
+
+    Image.new("RGB", (WIDTH, HEIGHT), (90, 120, 150)).save(tmp_path / "photo.png")
+    completed = subprocess.run(
+        [sys.executable, "-m", "codetr", "infer", "--model", str(tiny_aoti_export / "model_aoti.pt2"),
+         "--input", str(tmp_path / "photo.png"), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "No CUDA runtime" not in completed.stderr and "Warning" not in completed.stderr
+
+
 @pytest.mark.parametrize(
     ("images", "image_sizes", "message"),
     [

@@ -42,6 +42,8 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("codetr").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         logging.getLogger("onnxscript").setLevel(logging.ERROR)  # warns about every constant it declines to fold
+        # Imported by every AOTInductor load; on a machine without a GPU it warns that it found none.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
