@@ -190,6 +190,7 @@ def no_tensorrt_probe(monkeypatch: pytest.MonkeyPatch) -> None:
          "plugin_library: no such file /nonexistent/lib.so"),
         (["--height", "64", "--width", "96", "--calibration-data", "/nonexistent"], "--calibration-data: only used with --int8"),
         (["--height", "64", "--width", "96", "--dynamic-height", "64:32"], "dynamic_height 64:32 must satisfy"),
+        (["--height", "64", "--width", "96", "--use-ema"], "--use-ema loads the EMA copy of --checkpoint; give --checkpoint"),
     ],
 )
 def test_cli_fails_fast_before_the_tensorrt_probe(capsys, caplog, tmp_path: Path, no_tensorrt_probe, args: list[str],

@@ -52,6 +52,12 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def check_use_ema(use_ema: bool, checkpoint: Path | None) -> None:
+    """ValueError for --use-ema without a --checkpoint to take the EMA copy of."""
+    if use_ema and checkpoint is None:
+        raise ValueError("--use-ema loads the EMA copy of --checkpoint; give --checkpoint (without one the weights are random)")
+
+
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -18,7 +18,8 @@ import torch
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
 from codetr.cli.common import (
-    CONFIG_HELP, FLOAT16_ON_CPU, USE_EMA_HELP, default_device, device_type, interrupted, left_as_it_was, warn_random_weights,
+    CONFIG_HELP, FLOAT16_ON_CPU, USE_EMA_HELP, check_use_ema, default_device, device_type, interrupted, left_as_it_was,
+    warn_random_weights,
 )
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
@@ -271,6 +272,7 @@ def options_from_args(args: argparse.Namespace, config: Config, requested: Expor
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
+    check_use_ema(args.use_ema, args.checkpoint)
     config = load_config(args.config)
     # Every check that needs no TensorRT first: a mistake is reported at once, before the
     # seconds-long TensorRT probe and its log lines.
