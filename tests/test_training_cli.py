@@ -124,7 +124,7 @@ def test_resume_from_a_damaged_latest_names_the_fallbacks(tmp_path, rectangle_da
     assert main([*started, "--output", str(output), "--resume"]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: --resume: {latest}: not a readable PyTorch checkpoint")
-    assert "iter_1.pth, iter_2.pth" in error or "iter_2.pth, iter_1.pth" in error
+    assert "the run's earlier checkpoints are iter_1.pth, iter_2.pth: copy the newest readable one over" in error
 
 
 def test_amp_fp16_on_a_cpu_is_refused(tmp_path, rectangle_dataset, capsys):

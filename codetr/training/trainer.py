@@ -112,12 +112,11 @@ def train(options: TrainOptions) -> TrainResult:
     torch.manual_seed(seed)
     model = build_model(config, seed=seed)
     objective = TrainingObjective(model, config.train)
-    if stored is not None:
-        pass  # every weight comes from latest.pth below
-    elif options.checkpoint is None:
-        init_for_training(model)
-    else:
-        load_initial_weights(model, options.checkpoint)
+    if stored is None:  # resuming, every weight comes from latest.pth below
+        if options.checkpoint is None:
+            init_for_training(model)
+        else:
+            load_initial_weights(model, options.checkpoint)
     if config.train.backbone_norm == "batch_norm":
         trainable_batch_norm(model.backbone)
         if world_size > 1 and device.type == "cuda":
@@ -451,10 +450,11 @@ def _read_run(latest: Path) -> dict:
         if not isinstance(state, dict) or not {"meta", "iteration", "optimizer", "scheduler"} <= state.keys():
             raise CheckpointError(f"{latest} is not a checkpoint written by codetr train (no optimizer, scheduler and meta)")
     except CheckpointError as error:
-        saved = sorted(latest.parent.glob("iter_*.pth"), key=lambda path: path.stat().st_mtime)
+        numbers = sorted(int(path.stem[5:]) for path in latest.parent.glob("iter_*.pth") if path.stem[5:].isdigit())
+        saved = [f"iter_{number}.pth" for number in numbers]
         fallback = (
-            f"the run's earlier checkpoints are {', '.join(path.name for path in saved)}: copy the newest readable one "
-            f"over {latest} to resume from it" if saved else f"{latest.parent} holds no iter_<n>.pth checkpoint "
+            f"the run's earlier checkpoints are {', '.join(saved)}: copy the newest readable one over {latest} to "
+            "resume from it" if saved else f"{latest.parent} holds no iter_<n>.pth checkpoint "
             "(written with --save-every) to fall back to"
         )
         raise CheckpointError(f"--resume: {error}; {fallback}") from error
