@@ -3,6 +3,9 @@
 Writes OUT/latest.pth (+ OUT/iter_<n>.pth every --save-every), OUT/train_log.jsonl, OUT/loss.png
 and, with --eval-every, OUT/metrics.json. Several GPUs: ``torchrun --nproc-per-node N -m codetr
 train ...`` (same global --batch-size, split over the processes).
+
+``--resume`` continues the run in OUT as it was started: options left out take the run's values
+(stored in the checkpoint's meta), and one given with another value is refused.
 """
 
 from __future__ import annotations
