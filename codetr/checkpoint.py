@@ -115,19 +115,28 @@ def read_checkpoint(path: str | Path, use_ema: bool = False) -> CheckpointWeight
     no EMA copy although ``use_ema`` asks for one.
     """
     path = Path(path)
+    if path.is_file() and identify_file(path) == _SAFETENSORS:
+        content: object = _read_safetensors(path)
+    else:
+        content = load_torch_file(path)
+    return select_weights(content, str(path), use_ema)
+
+
+def load_torch_file(path: str | Path) -> object:
+    """Everything a ``torch.save`` file holds (e.g. a training checkpoint with its optimizer
+    state), unpickled weights-only. Raises FileNotFoundError, or CheckpointError when the file is
+    not a checkpoint (naming what it looks like), is damaged, or names pickled classes outside the
+    allowlist (naming them)."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     kind = identify_file(path)
-    if kind == _SAFETENSORS:
-        content: object = _read_safetensors(path)
-    elif kind in (_TORCH_ZIP, _TORCH_PICKLE):
-        content = _torch_load(path)
-    else:
+    if kind not in (_TORCH_ZIP, _TORCH_PICKLE):
         raise CheckpointError(
             f"{path} is not a checkpoint: it looks like {kind}. Expected a file written by torch.save "
             "(.pth / .pt: a zip archive or a pickle) or a .safetensors file."
         )
-    return select_weights(content, str(path), use_ema)
+    return _torch_load(path)
 
 
 def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:

@@ -234,3 +234,21 @@ def test_help_shows_the_defaults(capsys) -> None:
         main(["bench", "--help"])
     help_text = capsys.readouterr().out
     assert "--iterations ITERATIONS" in help_text and "(default: 50)" in help_text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--dtype", "float16"], "--dtype sets the precision of plain 'eager', which is not among the ARTIFACTs"),
+        (["eager:float16", "--config", str(TINY), "--dtype", "float16"], "--dtype sets the precision of plain 'eager'"),
+        (["--config", str(TINY)], "--config applies to 'eager' only"),
+        (["--checkpoint", __file__], "--checkpoint applies to 'eager' only"),
+        (["--allow-tf32"], "--allow-tf32 applies to 'eager' only"),
+    ],
+)
+def test_options_of_the_eager_model_need_an_eager_target(tmp_path: Path, arguments: list[str], message: str, capsys) -> None:
+    """They would be silently ignored: the artifacts' weights and precision are fixed by their export."""
+    (tmp_path / "model.onnx").touch()
+    assert main(["bench", str(tmp_path / "model.onnx"), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error

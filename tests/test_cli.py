@@ -43,3 +43,16 @@ def test_a_library_import_keeps_its_keyboard_interrupt(tmp_path: Path) -> None:
     """Only the codetr command turns Ctrl-C into an exit: a program importing codetr gets the exception."""
     done = run_with_interrupted_import(tmp_path, "torch", [sys.executable, "-c", "import codetr"])
     assert done.returncode != 130 and "KeyboardInterrupt" in done.stderr
+
+
+def test_no_option_states_its_default_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An option whose help says its default gets no second "(default: ...)" from the formatter."""
+    from codetr.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse's width: each option's help on one line
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert "train" in commands
+    for name, command in commands.items():
+        for line in command.format_help().splitlines():
+            assert line.count("default:") <= 1, f"codetr {name} --help: {line.strip()}"
+            assert "(default: None)" not in line, f"codetr {name} --help: {line.strip()}"

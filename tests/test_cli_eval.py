@@ -201,6 +201,8 @@ def test_results_of_another_dataset_sharing_image_ids_are_named(tmp_path: Path, 
          "--model: no model file at {tmp}/nope.onnx"),
         (["--config", str(TINY), "--checkpoint", "{tmp}/w.pth", "--detections", "{gt}", "--annotations", "{gt}"], "cannot be combined"),
         (["--model", "{tmp}/model.pt2", "--dtype", "float16", "--data", "{tmp}"], "--dtype applies to --config only"),
+        (["--model", "{tmp}/model.pt2", "--use-ema", "--data", "{tmp}"], "--use-ema applies to --config only"),
+        (["--config", str(TINY), "--use-ema", "--data", "{tmp}"], "--use-ema loads the EMA copy of --checkpoint; give --checkpoint"),
         (["--detections", "{gt}", "--annotations", "{gt}", "--score-threshold", "2"], "--score-threshold must be in [0, 1], got 2.0"),
     ],
 )

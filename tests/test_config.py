@@ -137,3 +137,14 @@ def test_the_configs_are_package_data(tmp_path):
     subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=root, check=True,
                    capture_output=True, timeout=300)
     assert sorted(path.stem for path in (tmp_path / "codetr" / "configs").glob("*.toml")) == SHIPPED
+
+
+def test_the_tiny_configs_header_says_what_it_holds() -> None:
+    header = " ".join(line.lstrip("# ") for line in (CONFIGS / "tiny.toml").read_text().splitlines() if line.startswith("#"))
+    config = load_config(CONFIGS / "tiny.toml")
+    model = config.model
+    t = model.transformer
+    stated = (f"ResNet-{model.resnet.depth} ({len(model.resnet.out_indices)} stages out), {t.num_levels} feature levels of "
+              f"{t.embed_dims} channels, {t.encoder_layers} encoder and {t.decoder_layers} decoder layers, {t.num_heads} heads, "
+              f"{t.num_points} sampling points, {t.num_queries} queries, {model.num_classes} classes")
+    assert stated in header

@@ -51,6 +51,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ({"artifacts": ()}, "artifacts must name at least one"),
         ({"artifacts": (Artifact.ENGINE,)}, "engine is built from the ONNX model"),
         ({"msda": MsdaMode.NVIDIA, "dtype": torch.bfloat16}, "float32 and float16 only"),
+        ({"msda": MsdaMode.NVIDIA, "artifacts": (Artifact.EXPORTED_PROGRAM, Artifact.AOTI)}, "no ONNX model is requested"),
         ({"dynamic_height": DimRange(128, 512), "height": 640}, "dynamic_height 128:512 must satisfy"),
         ({"opset": 13}, "opset 13 cannot be honoured: torch.onnx writes opset 18 at least"),
         ({"opset": 16}, "opset 16 cannot be honoured"),
@@ -190,6 +191,9 @@ def no_tensorrt_probe(monkeypatch: pytest.MonkeyPatch) -> None:
          "plugin_library: no such file /nonexistent/lib.so"),
         (["--height", "64", "--width", "96", "--calibration-data", "/nonexistent"], "--calibration-data: only used with --int8"),
         (["--height", "64", "--width", "96", "--dynamic-height", "64:32"], "dynamic_height 64:32 must satisfy"),
+        (["--height", "64", "--width", "96", "--use-ema"], "--use-ema loads the EMA copy of --checkpoint; give --checkpoint"),
+        (["--height", "64", "--width", "96", "--artifacts", "aoti", "--msda", "nvidia"],
+         "msda 'nvidia': NVIDIA's MultiscaleDeformableAttnPlugin_TRT is a node of the ONNX model"),
     ],
 )
 def test_cli_fails_fast_before_the_tensorrt_probe(capsys, caplog, tmp_path: Path, no_tensorrt_probe, args: list[str],
@@ -200,6 +204,19 @@ def test_cli_fails_fast_before_the_tensorrt_probe(capsys, caplog, tmp_path: Path
     assert len(stderr.splitlines()) == 1 and stderr.startswith(f"error: {message}")
     assert caplog.text == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_msda_auto_without_an_onnx_model_needs_no_tensorrt_probe(no_tensorrt_probe) -> None:
+    """The MSDA forms plugin and nvidia differ in the ONNX model only: without one, auto is plugin
+    (the programs' torch.ops.codetr.msda), decided without looking for TensorRT."""
+    from codetr.cli import build_parser
+    from codetr.cli.export import options_from_args
+
+    args = build_parser().parse_args(["export", "--config", str(TINY), "--output", "out", "--height", "64",
+                                      "--width", "96", "--artifacts", "exported_program,aoti"])
+    options = options_from_args(args, load_config(TINY))
+    assert options.msda is MsdaMode.PLUGIN and "no ONNX model requested" in options.msda_choice
+    assert options.artifacts == (Artifact.EXPORTED_PROGRAM, Artifact.AOTI)
 
 
 def test_cli_checks_the_output_folder_before_the_tensorrt_probe(capsys, tmp_path: Path, no_tensorrt_probe) -> None:

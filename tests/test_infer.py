@@ -356,6 +356,28 @@ def test_option_errors(tmp_path, capsys):
     assert "nothing" in capsys.readouterr().err
 
 
+def test_options_of_the_eager_model_are_refused_with_an_artifact(tmp_path, capsys):
+    """--use-ema, like --checkpoint and --dtype, would be silently ignored with --model; checked
+    before the artifact is even looked at. Without --checkpoint it has nothing to apply to."""
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80)})
+    artifact = ["--model", str(tmp_path / "model.onnx"), "--input", str(inputs), "--output", str(tmp_path / "out")]
+    for option in (["--use-ema"], ["--dtype", "float32"], ["--allow-tf32"]):
+        assert infer(*artifact, *option) == 2
+        assert f"error: {option[0]} applies to --config only" in capsys.readouterr().err
+    assert eager(inputs, tmp_path / "out", "--use-ema") == 2
+    assert "--use-ema loads the EMA copy of --checkpoint; give --checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_every_artifact_file():
+    from codetr.cli import build_parser
+
+    infer_parser = build_parser()._subparsers._group_actions[0].choices["infer"]
+    text = " ".join(infer_parser.format_help().split())
+    for name in ("model.pt2", "model_aoti.pt2", "model.onnx", "model.engine", "model_torch_tensorrt.pt2"):
+        assert name in text, name
+
+
 def test_help_shows_every_default():
     from codetr.cli import build_parser
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import torch.multiprocessing as mp
 from codetr.checkpoint import load_checkpoint
 from codetr.config import load_config
 from codetr.models import build_model
-from codetr.training.trainer import TrainOptions, train
+from codetr.training.trainer import TrainOptions, step_schedule, train
 
 TINY = "codetr/configs/tiny.toml"
 
@@ -110,3 +111,16 @@ def test_tiny_config_overfits_two_images(tmp_path, rectangle_dataset):
     losses = [json.loads(line)["loss"] for line in (output / "train_log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
     assert result.metrics["AP50"] >= 0.9
+
+
+def test_step_schedule_is_silent_when_the_grad_scaler_skipped_the_step():
+    """With --amp fp16 the GradScaler skips optimizer.step() while it calibrates; the schedule
+    still advances, without PyTorch's "lr_scheduler.step() before optimizer.step()" warning."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step_schedule(scheduler)
+    assert [str(w.message) for w in caught] == []
+    assert scheduler.get_last_lr() == [0.5]

@@ -21,13 +21,15 @@ import torch
 
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
 from codetr.benchmark.report import format_table, plot, plot_formats, to_document, write_json
-from codetr.benchmark.targets import EAGER, CudaGraphMode, parse_targets
+from codetr.benchmark.targets import EAGER, CudaGraphMode, Target, parse_targets
 from codetr.cli.common import CONFIG_HELP, device_type
 from codetr.config import load_config, resolve_config
 from codetr.data.images import list_images
 from codetr.models import DTYPES
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_EAGER_DTYPE = "float32"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help=f"the config of eager: {CONFIG_HELP} (default: none)")
     parser.add_argument("--checkpoint", type=Path, help="weights for eager (default: random; they time the same)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of plain 'eager' (default: %(default)s)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help=f"dtype of plain '{EAGER}' (default: {DEFAULT_EAGER_DTYPE})")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, e.g. 1,4,8 (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=50, help="timed calls per point (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing each point (default: %(default)s)")
@@ -81,6 +83,19 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+def check_eager_options(args: argparse.Namespace, targets: list[Target]) -> None:
+    """ValueError for an option of the eager model given without an eager target to apply to."""
+    if args.dtype is not None and EAGER not in args.artifacts:
+        raise ValueError(f"--dtype sets the precision of plain '{EAGER}', which is not among the ARTIFACTs; an "
+                         f"artifact's precision is fixed by its export ('{EAGER}:DTYPE' names its own)")
+    if all(target.path is not None for target in targets):
+        for option, given in (("--config", args.config is not None), ("--checkpoint", args.checkpoint is not None),
+                              ("--allow-tf32", args.allow_tf32)):
+            if given:
+                raise ValueError(f"{option} applies to '{EAGER}' only, which is not among the ARTIFACTs; an artifact's "
+                                 "weights and precision are fixed by its export")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         resolve_config(args.config)  # FileNotFoundError listing the shipped names, before any work
@@ -109,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         allow_tf32=args.allow_tf32,
         profile=args.profile,
     )
-    targets = parse_targets(args.artifacts, args.dtype, CudaGraphMode(args.cuda_graph))
+    eager_dtype = args.dtype or DEFAULT_EAGER_DTYPE
+    targets = parse_targets(args.artifacts, eager_dtype, CudaGraphMode(args.cuda_graph))
+    check_eager_options(args, targets)
     if any(target.path is None for target in targets):
         if args.config is None:
             raise ValueError(f"'{EAGER}' needs --config (the model to build)")
@@ -123,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s) in the end-to-end time: {', '.join(skipped)}", file=sys.stderr)
     if args.json is not None:
-        write_json(to_document(outcomes, settings, args.dtype), args.json)
+        write_json(to_document(outcomes, settings, eager_dtype), args.json)
         print(f"results -> {args.json}")
     if args.plot is not None:
         if any(isinstance(outcome, BenchResult) for outcome in outcomes):

@@ -42,6 +42,22 @@ USE_EMA_HELP = (
 )
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to each option's help, unless the help already says its default
+    or the option is required."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def check_use_ema(use_ema: bool, checkpoint: Path | None) -> None:
+    """ValueError for --use-ema without a --checkpoint to take the EMA copy of."""
+    if use_ema and checkpoint is None:
+        raise ValueError("--use-ema loads the EMA copy of --checkpoint; give --checkpoint (without one the weights are random)")
+
+
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"

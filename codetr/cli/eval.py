@@ -24,7 +24,9 @@ import torch
 import torch.distributed as dist
 
 from codetr.atomic import atomic_dir, atomic_path
-from codetr.cli.common import CONFIG_HELP, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, interrupted
+from codetr.cli.common import (
+    CONFIG_HELP, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, check_use_ema, device_type, interrupted,
+)
 from codetr.config import PreprocessConfig, load_config
 from codetr.data.coco import CocoDetection, resolve_dataset
 from codetr.evaluation.coco import (
@@ -130,9 +132,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.detections is None and not args.models and args.config is None:
         raise ValueError("nothing to evaluate: give --model ARTIFACT, --config CONFIG or --detections RESULTS.json")
     if args.config is None:
-        for option, given in (("--checkpoint", args.checkpoint is not None), ("--dtype", args.dtype is not None), ("--allow-tf32", args.allow_tf32)):
+        for option, given in (("--checkpoint", args.checkpoint is not None), ("--use-ema", args.use_ema),
+                              ("--dtype", args.dtype is not None), ("--allow-tf32", args.allow_tf32)):
             if given:
                 raise ValueError(f"{option} applies to --config only; an artifact's weights and precision are fixed by its export")
+    check_use_ema(args.use_ema, args.checkpoint)
     if (args.annotations is None) == (args.data is None):
         raise ValueError("give the dataset as --annotations A.json --images DIR, or as --data DIR (one of the two)")
     if args.data is not None and args.images is not None:

@@ -18,14 +18,15 @@ import torch
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
 from codetr.cli.common import (
-    CONFIG_HELP, FLOAT16_ON_CPU, USE_EMA_HELP, default_device, device_type, interrupted, left_as_it_was, warn_random_weights,
+    CONFIG_HELP, FLOAT16_ON_CPU, USE_EMA_HELP, check_use_ema, default_device, device_type, interrupted, left_as_it_was,
+    warn_random_weights,
 )
 from codetr.config import Config, load_config
 from codetr.contract.artifacts import ARTIFACTS, Artifact, CompileMode, MsdaMode
 from codetr.contract.cache import cache_dir
 from codetr.contract.postprocess import PostprocessMode
 from codetr.export.options import BUILT_ARTIFACTS, DEFAULT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
-from codetr.export.msda_choice import AUTO, MSDA_CHOICES, choose_msda
+from codetr.export.msda_choice import AUTO, MSDA_CHOICES, MsdaChoice, choose_msda
 from codetr.export.pipeline import check_output_dir, export_model
 from codetr.export.program import check_input_sizes
 from codetr.export.postprocess import score_threshold_for
@@ -86,8 +87,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--msda", choices=MSDA_CHOICES, default=AUTO,
                         help="plugin: one codetr::CodetrMSDA node (our TensorRT plugin); nvidia: NVIDIA's "
                         "MultiscaleDeformableAttnPlugin_TRT v2 (TensorRT >= 10.11's plugin library); decomposed: "
-                        "standard ONNX ops (GridSample); auto: plugin when its library is built, else nvidia when "
-                        "TensorRT has it (default: %(default)s)")
+                        "standard ONNX ops (GridSample, also in the PyTorch programs); plugin and nvidia differ in the ONNX "
+                        "model and engine only, so nvidia needs onnx among --artifacts; auto: plugin when its library is "
+                        "built or no ONNX model is requested, else nvidia when TensorRT has it (default: %(default)s)")
     parser.add_argument("--torch-tensorrt", choices=[mode.value for mode in CompileMode],
                         help="also compile the ExportedProgram with Torch-TensorRT (needs torch-tensorrt and "
                         "a CUDA GPU): hybrid keeps MSDA in PyTorch between TensorRT segments; full maps it to "
@@ -259,7 +261,10 @@ def options_from_args(args: argparse.Namespace, config: Config, requested: Expor
         if reason:
             raise ValueError(f"--torch-tensorrt {args.torch_tensorrt}: {reason}")
     engine_requested = args.artifacts != AUTO_ARTIFACTS and Artifact.ENGINE in requested.artifacts
-    choice = choose_msda(args.msda, args.plugin_library, engine_requested=engine_requested)
+    if args.msda == AUTO and Artifact.ONNX not in requested.artifacts:  # the forms differ in the ONNX model only
+        choice = MsdaChoice(MsdaMode.PLUGIN, "no ONNX model requested: the PyTorch programs call torch.ops.codetr.msda")
+    else:
+        choice = choose_msda(args.msda, args.plugin_library, engine_requested=engine_requested)
     artifacts, skipped = _artifacts(args.artifacts, choice.mode, args.plugin_library, requested.postprocess)
     try:
         return dataclasses.replace(requested, artifacts=artifacts, msda=choice.mode, skipped=skipped,
@@ -271,6 +276,7 @@ def options_from_args(args: argparse.Namespace, config: Config, requested: Expor
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
+    check_use_ema(args.use_ema, args.checkpoint)
     config = load_config(args.config)
     # Every check that needs no TensorRT first: a mistake is reported at once, before the
     # seconds-long TensorRT probe and its log lines.

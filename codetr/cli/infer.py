@@ -47,9 +47,10 @@ from tqdm import tqdm
 
 from codetr.atomic import atomic_dir, atomic_path
 from codetr.cli.common import (
-    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, interrupted,
-    warn_random_weights,
+    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, check_use_ema, device_type,
+    interrupted, warn_random_weights,
 )
+from codetr.contract.artifacts import ARTIFACTS
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
 from codetr.models import DTYPES
 from codetr.postprocess import ImageDetections, coco_results
@@ -73,8 +74,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "entries: which file each image_id is) into --output, which must not be the input folder.",
     )
     source = parser.add_argument_group("model (give --model, or --config with an optional --checkpoint)")
-    source.add_argument("--model", type=Path, help="an exported artifact: model.pt2, model.onnx, model.engine, "
-                        "model_torch_tensorrt.pt2, with the export's metadata.json beside it (default: none)")
+    source.add_argument("--model", type=Path, help="an exported artifact: "
+                        f"{', '.join(spec.file_name for spec in ARTIFACTS.values())}, with the export's metadata.json beside it (default: none)")
     source.add_argument("--config", type=Path, help=f"the eager PyTorch model's config: {CONFIG_HELP} (default: none)")
     source.add_argument("--checkpoint", type=Path, help="with --config: official .pth (either layout) or codetr's own "
                         "(default: none = deterministic random weights, meaningless detections)")
@@ -173,11 +174,13 @@ def check_arguments(args: argparse.Namespace) -> None:
     if (args.model is None) == (args.config is None):
         raise ValueError("give --model (an exported artifact) or --config (the eager PyTorch model), not both or neither")
     if args.model is not None:
-        for option, value in (("--checkpoint", args.checkpoint), ("--dtype", args.dtype)):
-            if value is not None:
+        for option, given in (("--checkpoint", args.checkpoint is not None), ("--use-ema", args.use_ema),
+                              ("--dtype", args.dtype is not None)):
+            if given:
                 raise ValueError(f"{option} applies to --config only; an artifact's weights and precision are fixed by its export")
         if args.allow_tf32:
             raise ValueError("--allow-tf32 applies to --config only; an artifact's TF32 setting is fixed by its export")
+    check_use_ema(args.use_ema, args.checkpoint)
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.batch_size < 1:

@@ -3,6 +3,9 @@
 Writes OUT/latest.pth (+ OUT/iter_<n>.pth every --save-every), OUT/train_log.jsonl, OUT/loss.png
 and, with --eval-every, OUT/metrics.json. Several GPUs: ``torchrun --nproc-per-node N -m codetr
 train ...`` (same global --batch-size, split over the processes).
+
+``--resume`` continues the run in OUT as it was started: options left out take the run's values
+(stored in the checkpoint's meta), and one given with another value is refused.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from codetr.cli.common import CONFIG_HELP, device_type
+from codetr.cli.common import CONFIG_HELP, DefaultsHelpFormatter, device_type
 from codetr.config import load_config
 from codetr.training.trainer import AMP_DTYPES, TrainOptions, train
 
@@ -21,23 +24,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train",
         help="train or fine-tune Co-DINO (query head with denoising) on a COCO-format dataset",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--config", required=True, type=Path, help=f"{CONFIG_HELP}; its [train] table holds the recipe")
     parser.add_argument("--data", required=True, type=Path, help="dataset root: COCO 2017 layout or `codetr data synthetic` output")
     parser.add_argument("--output", required=True, type=Path, help="folder for checkpoints, logs and the loss plot")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="initial weights (official or own .pth); default: from scratch")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="initial weights (official or own .pth) (default: from scratch)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--iterations", type=int, default=None, help="optimiser steps (default: 12 epochs)")
-    length.add_argument("--epochs", type=float, default=None, help="passes over the training split")
+    length.add_argument("--iterations", type=int, default=None, help="optimiser steps (default: 12 epochs; with --resume: the run's)")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the training split (default: see --iterations)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="shorten the run (and its schedule) to what fits this many minutes, measured after 40 iterations; "
-                        "the iterations chosen are logged and stored in the checkpoint")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the config's train.batch_size)")
-    parser.add_argument("--lr", type=float, default=None, help="base learning rate (default: the config's train.lr)")
-    parser.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="automatic mixed precision")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, sample order, augmentation and denoising noise")
-    parser.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT/latest.pth")
+                        "the iterations chosen are logged and stored in the checkpoint (default: no limit)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the config's train.batch_size; with --resume: the run's)")
+    parser.add_argument("--lr", type=float, default=None, help="base learning rate (default: the config's train.lr; with --resume: the run's)")
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), default=None,
+                        help="automatic mixed precision; fp16 on CUDA only (default: none; with --resume: the run's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of weights, sample order, augmentation and denoising noise (default: 0; with --resume: the run's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue exactly from OUTPUT/latest.pth, as the run was started: an option given that "
+                        "differs from the run's is refused (to change one, start a new run with --checkpoint "
+                        "OUTPUT/latest.pth)")
     parser.add_argument("--save-every", type=int, default=0, help="also write OUTPUT/iter_<n>.pth every n iterations (0: only latest.pth at the end)")
     parser.add_argument("--eval-every", type=int, default=0, help="val-split AP every n iterations and at the end (0: never)")
     parser.add_argument("--log-every", type=int, default=10, help="write a train_log.jsonl line every n iterations")

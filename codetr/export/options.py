@@ -112,6 +112,12 @@ class ExportOptions:
             raise ValueError("artifacts: the engine is built from the ONNX model; add 'onnx'")
         if self.embed_plugin and (Artifact.ENGINE not in self.artifacts or self.msda is not MsdaMode.PLUGIN):
             raise ValueError("embed_plugin: only an engine with msda 'plugin' holds our plugin; add 'engine' or drop it")
+        if self.msda is MsdaMode.NVIDIA and Artifact.ONNX not in self.artifacts:
+            raise ValueError(
+                "msda 'nvidia': NVIDIA's MultiscaleDeformableAttnPlugin_TRT is a node of the ONNX model (and of the "
+                "engine built from it), and no ONNX model is requested; the PyTorch programs call "
+                "torch.ops.codetr.msda as with 'plugin'. Add 'onnx' to the artifacts, or leave msda at its default"
+            )
         if self.msda is MsdaMode.NVIDIA and self.dtype == torch.bfloat16:
             raise ValueError(
                 "msda 'nvidia': MultiscaleDeformableAttnPlugin_TRT supports float32 and float16 only, "

@@ -10,12 +10,14 @@ dropped there as training-only, BatchNorm is saved as the frozen BatchNorm's fou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +29,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from tqdm import tqdm
 
 from codetr.atomic import atomic_path
-from codetr.checkpoint import load_state_dict, read_state_dict
+from codetr.checkpoint import CheckpointError, load_state_dict, load_torch_file, read_state_dict
 from codetr.config import Config
 from codetr.models import CoDINO, build_model
 from codetr.training.data import CocoTrainDataset, GlobalBatchSampler, collate, resolve_split
@@ -42,7 +44,10 @@ _PRIOR_PROBABILITY = 0.01  # mmdet bias_init_with_prob(0.01) for the classificat
 
 @dataclass
 class TrainOptions:
-    """What ``codetr train`` takes; None means the config's value."""
+    """What ``codetr train`` takes; None means not given: the config's value (batch_size, lr),
+    12 epochs (iterations, epochs), amp "none", seed 0, no time limit, from scratch (checkpoint);
+    with ``resume``, the run's own value. Given with ``resume``, each must equal the run's
+    (:func:`check_resume_options`)."""
 
     config: Config
     data: Path
@@ -52,8 +57,8 @@ class TrainOptions:
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
-    amp: str = "none"
-    seed: int = 0
+    amp: str | None = None
+    seed: int | None = None
     resume: bool = False
     save_every: int = 0
     eval_every: int = 0
@@ -76,28 +81,42 @@ def train(options: TrainOptions) -> TrainResult:
     """Trains and writes OUT/latest.pth, OUT/iter_<n>.pth, OUT/train_log.jsonl, OUT/loss.png and
     (when evaluating) OUT/metrics.json. Under torchrun (WORLD_SIZE > 1) runs data-parallel."""
     config = options.config
+    output = Path(options.output)
+    latest = output / "latest.pth"
+    stored = None
+    if options.resume:
+        stored = _read_run(latest)
+        check_resume_options(options, stored["meta"])
+        options = _run_options(options, stored["meta"])
     rank, world_size, device = _init_distributed(options.device)
-    amp_dtype = AMP_DTYPES[options.amp]
+    amp = options.amp or "none"
+    seed = options.seed if options.seed is not None else 0
+    amp_dtype = AMP_DTYPES[amp]
+    if amp_dtype is torch.float16 and device.type != "cuda":
+        raise ValueError(
+            f"--amp fp16 needs a CUDA device (its GradScaler guards float16 gradients on GPUs; on a {device.type} "
+            "float16 autocast is slow); use --amp bf16 there, or --amp none"
+        )
     batch_size = options.batch_size or config.train.batch_size
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     train_split = resolve_split(options.data, "train")
-    dataset = CocoTrainDataset(train_split, config, options.seed)
+    dataset = CocoTrainDataset(train_split, config, seed)
     batches_per_epoch = len(dataset) // batch_size
     if batches_per_epoch == 0:
         raise ValueError(f"--batch-size {batch_size} is larger than the dataset ({len(dataset)} images)")
     total = options.iterations if options.iterations is not None else math.ceil((options.epochs or 12) * batches_per_epoch)
     if total < 1:
         raise ValueError(f"--iterations must be >= 1, got {total}")
-    output = Path(options.output)
 
-    torch.manual_seed(options.seed)
-    model = build_model(config, seed=options.seed)
+    torch.manual_seed(seed)
+    model = build_model(config, seed=seed)
     objective = TrainingObjective(model, config.train)
-    if options.checkpoint is None:
-        init_for_training(model)
-    else:
-        load_initial_weights(model, options.checkpoint)
+    if stored is None:  # resuming, every weight comes from latest.pth below
+        if options.checkpoint is None:
+            init_for_training(model)
+        else:
+            load_initial_weights(model, options.checkpoint)
     if config.train.backbone_norm == "batch_norm":
         trainable_batch_norm(model.backbone)
         if world_size > 1 and device.type == "cuda":
@@ -118,11 +137,8 @@ def train(options: TrainOptions) -> TrainResult:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start = 0
-    latest = output / "latest.pth"
-    if options.resume:
-        if not latest.is_file():
-            raise FileNotFoundError(f"--resume: no {latest} to resume from")
-        start = _restore(latest, model, optimizer, scheduler, scaler)
+    if stored is not None:
+        start = _restore(stored, latest, model, optimizer, scheduler, scaler)
         total = schedule.total  # a time-limited run may have shortened it
         if start >= total:
             raise ValueError(
@@ -135,7 +151,7 @@ def train(options: TrainOptions) -> TrainResult:
         model.backbone.to(memory_format=torch.channels_last)
 
     trained = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else objective
-    sampler = GlobalBatchSampler(len(dataset), batch_size, rank, world_size, options.seed, start)
+    sampler = GlobalBatchSampler(len(dataset), batch_size, rank, world_size, seed, start)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -148,8 +164,15 @@ def train(options: TrainOptions) -> TrainResult:
     if rank == 0:  # only now: a run that fails while loading its weights leaves no empty folder
         output.mkdir(parents=True, exist_ok=True)
     log_path = output / "train_log.jsonl"
-    meta = {"config": config.name, "class_names": list(config.class_names), "seed": options.seed, "batch_size": batch_size,
-            "world_size": world_size, "amp": options.amp, "total_iterations": total, **options.extra_meta}
+    if stored is None:
+        meta = {"config": config.name, "config_file": config.source, "config_sha256": config_digest(config),
+                "class_names": list(config.class_names), "data": str(Path(options.data).resolve()),
+                "checkpoint": None if options.checkpoint is None else str(Path(options.checkpoint).resolve()),
+                "seed": seed, "batch_size": batch_size, "lr": lr, "iterations": options.iterations,
+                "epochs": options.epochs, "time_limit": options.time_limit, "amp": amp, **options.extra_meta}
+    else:  # the run's values; keys a run started before codetr stored them lacks stay absent
+        meta = {key: value for key, value in stored["meta"].items() if key != "iteration"}
+    meta.update(world_size=world_size, total_iterations=total)
     progress = tqdm(total=total, initial=start, disable=rank != 0 or not options.progress, desc="train", dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
     if device.type == "cuda":
@@ -173,7 +196,7 @@ def train(options: TrainOptions) -> TrainResult:
             grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), config.train.clip_grad_max_norm)
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            step_schedule(scheduler)
             iteration += 1
             window_images += batch_size
             progress.update(1)
@@ -226,6 +249,16 @@ def train(options: TrainOptions) -> TrainResult:
                 temporary.write_text(json.dumps({"iteration": total, "bbox": metrics}, indent=2))
         plot_losses(log_path, output / "loss.png")
     return TrainResult(total, loss_value, metrics)
+
+
+def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """``scheduler.step()``, without the warning PyTorch gives when it runs before any
+    ``optimizer.step()``: with --amp fp16 the GradScaler skips the first steps by design while it
+    finds a scale that gives finite float16 gradients (torch.amp.GradScaler docs), and the
+    schedule still counts them as iterations."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+        scheduler.step()
 
 
 class LrSchedule:
@@ -407,8 +440,77 @@ def _save(state: dict, path: Path) -> None:
         torch.save(state, temporary)
 
 
-def _restore(path: Path, model, optimizer, scheduler, scaler) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _read_run(latest: Path) -> dict:
+    """The checkpoint ``--resume`` continues from; ValueError when it is damaged, naming the
+    run's ``iter_<n>.pth`` files to fall back to."""
+    if not latest.is_file():
+        raise FileNotFoundError(f"--resume: no {latest} to resume from")
+    try:
+        state = load_torch_file(latest)
+        if not isinstance(state, dict) or not {"meta", "iteration", "optimizer", "scheduler"} <= state.keys():
+            raise CheckpointError(f"{latest} is not a checkpoint written by codetr train (no optimizer, scheduler and meta)")
+    except CheckpointError as error:
+        numbers = sorted(int(path.stem[5:]) for path in latest.parent.glob("iter_*.pth") if path.stem[5:].isdigit())
+        saved = [f"iter_{number}.pth" for number in numbers]
+        fallback = (
+            f"the run's earlier checkpoints are {', '.join(saved)}: copy the newest readable one over {latest} to "
+            "resume from it" if saved else f"{latest.parent} holds no iter_<n>.pth checkpoint "
+            "(written with --save-every) to fall back to"
+        )
+        raise CheckpointError(f"--resume: {error}; {fallback}") from error
+    return state
+
+
+RESUME_ARGUMENTS = {"batch_size": "--batch-size", "lr": "--lr", "iterations": "--iterations", "epochs": "--epochs",
+                    "amp": "--amp", "seed": "--seed", "time_limit": "--time-limit"}
+"""Options whose value (when given with ``resume``) must equal the run's meta entry of that name."""
+
+
+def config_digest(config: Config) -> str:
+    """SHA-256 of everything the config says (not the file it was read from): two configs that
+    train the same model the same way have the same digest."""
+    return hashlib.sha256(repr(replace(config, source="")).encode()).hexdigest()
+
+
+def check_resume_options(options: TrainOptions, meta: dict) -> None:
+    """ValueError listing every option given with ``resume`` that differs from the run's meta
+    (its value when the run was started): a resumed run continues as it was started. Options
+    not given (None) and entries the meta lacks (runs started before codetr stored them) are
+    not compared."""
+    given = {name: getattr(options, name) for name in RESUME_ARGUMENTS}
+    given["data"] = str(Path(options.data).resolve())
+    if options.checkpoint is not None:
+        given["checkpoint"] = str(Path(options.checkpoint).resolve())
+    differences = [
+        f"{RESUME_ARGUMENTS.get(name, '--' + name)}: the run has {_shown(meta[name])}, given {_shown(value)}"
+        for name, value in given.items() if value is not None and name in meta and meta[name] != value
+    ]
+    if "config_sha256" in meta and meta["config_sha256"] != config_digest(options.config):
+        differences.insert(0, f"--config: the run has {meta['config']} ({meta.get('config_file')}), given "
+                              f"{options.config.name} ({options.config.source}), which says something else")
+    elif "config_sha256" not in meta and meta.get("config") != options.config.name:
+        differences.insert(0, f"--config: the run has {meta.get('config')}, given {options.config.name}")
+    if differences:
+        raise ValueError(
+            "--resume continues the run in {} as it was started, but these arguments differ from it:\n  {}\n"
+            "Leave them out (or give the run's values) to resume; to train with the new values, start a new run "
+            "in another --output with --checkpoint {}".format(
+                options.output, "\n  ".join(differences), Path(options.output) / "latest.pth")
+        )
+
+
+def _shown(value: object) -> str:
+    return "none (not given)" if value is None else str(value)
+
+
+def _run_options(options: TrainOptions, meta: dict) -> TrainOptions:
+    """``options`` with every schedule-shaping value not given taken from the run's meta."""
+    taken = {name: meta[name] for name in ("batch_size", "lr", "iterations", "epochs", "amp", "seed")
+             if getattr(options, name) is None and name in meta}
+    return replace(options, **taken)
+
+
+def _restore(state: dict, path: Path, model, optimizer, scheduler, scaler) -> int:
     missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
     missing = [key for key in missing if not key.endswith("num_batches_tracked")]
     if missing or unexpected:
