@@ -214,6 +214,26 @@ def test_cli_checks_the_output_folder_before_the_tensorrt_probe(capsys, tmp_path
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep"
 
 
+@pytest.mark.parametrize("holder", ["runs", "runs/long"])
+@pytest.mark.parametrize("option", ["--checkpoint", "--config", "--plugin-library", "--timing-cache"])
+def test_cli_refuses_an_output_holding_an_input_even_with_overwrite(capsys, tmp_path: Path, no_tensorrt_probe,
+                                                                    option: str, holder: str) -> None:
+    """--overwrite replaces the output whole: a folder holding a file the export reads is refused."""
+    inputs = {"--checkpoint": "latest.pth", "--config": "tiny.toml", "--plugin-library": "libcodetr_msda_trt.so",
+              "--timing-cache": "timing.cache"}
+    given = tmp_path / "runs" / "long" / inputs[option]
+    given.parent.mkdir(parents=True)
+    given.write_bytes(TINY.read_bytes())
+    args = {"--config": str(TINY), option: str(given)}
+    status, stderr = run_cli(capsys, *[text for pair in args.items() for text in pair], "--height", "64",
+                             "--width", "96", "--output", str(tmp_path / holder), "--overwrite")
+    assert status == 2
+    assert stderr.splitlines() == [
+        f"error: --output {tmp_path / holder} holds the input {given}; a finished run replaces {tmp_path / holder} "
+        "whole, so choose a folder outside it"]
+    assert given.read_bytes() == TINY.read_bytes()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")
 def test_cli_rejects_unwritable_output(capsys, tmp_path: Path) -> None:
     read_only = tmp_path / "read_only"
