@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,13 @@ def check_inputs(images: torch.Tensor, image_sizes: torch.Tensor, metadata: Expo
     check_model_inputs(images, image_sizes)
     if metadata is not None:
         metadata.check_images(images.shape)
+
+
+def unreadable(path: Path, what: str, reason: object) -> ValueError:
+    """The error of a model file that exists but cannot be read as ``what`` (e.g. "ONNX model"):
+    names the file, guesses the usual cause, and keeps the first line of the library's ``reason``."""
+    short = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return ValueError(f"{path} is not a readable {what} (truncated or damaged?): {short}; re-export it or copy it again")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
