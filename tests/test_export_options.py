@@ -71,6 +71,12 @@ def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
         ExportOptions(**kwargs)
 
 
+def test_a_timing_cache_that_is_a_folder_is_rejected(tmp_path: Path) -> None:
+    """Checked up front: the cache is rewritten only after a minutes-long engine build."""
+    with pytest.raises(IsADirectoryError, match=f"timing_cache {tmp_path} is a folder; give the cache file's path"):
+        ExportOptions(timing_cache=tmp_path)
+
+
 def test_missing_plugin_library_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="plugin_library"):
         ExportOptions(plugin_library=tmp_path / "missing.so")
