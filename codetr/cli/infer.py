@@ -49,7 +49,7 @@ from tqdm import tqdm
 from codetr.atomic import atomic_dir, atomic_path
 from codetr.cli.common import (
     CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, device_type, interrupted,
-    warn_random_weights,
+    RANDOM_WEIGHTS_SEED, warn_random_weights,
 )
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
 from codetr.models import DTYPES
@@ -60,8 +60,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - detections are meaningless"
-RANDOM_WEIGHTS_SEED = 0
-"""Seed of the eager model's random weights without --checkpoint (codetr.models.build_model's default)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
