@@ -264,10 +264,12 @@ def described_inputs(height: int | str, width: int | str, images_dtype: str = "f
     [described_inputs(64, 96), described_inputs("height", 64), described_inputs(64, 64, "float16"),
      described_inputs(64, 64)[:1], list(reversed(described_inputs(64, 64)))],
 )
-def test_metadata_of_another_export_is_refused_at_load(tmp_path: Path, metadata_document, inputs: list) -> None:
-    """metadata.json copied from another export: caught naming both files, not by ONNX Runtime mid-run."""
+@pytest.mark.parametrize("name", ["model.onnx", "model.pt2"])
+def test_metadata_of_another_export_is_refused_at_load(tmp_path: Path, metadata_document, inputs: list, name: str) -> None:
+    """metadata.json copied from another export: caught naming both files, not by the model mid-run."""
     write_metadata(metadata_document(inputs=inputs), tmp_path / "metadata.json")
-    model = static_stand_in_onnx(tmp_path / "model.onnx", 64, 64)
+    write = stand_in_program if name == "model.pt2" else lambda path: static_stand_in_onnx(path, 64, 64)
+    model = write(tmp_path / name)
     with pytest.raises(ValueError, match=rf"{tmp_path / 'metadata.json'} does not describe {model}: the metadata lists "
                                          r"inputs .* but the model takes images float32 \[1, 3, 64, 64\], image_sizes "
                                          r"int64 \[1, 2\]; was metadata.json copied from another export\?"):
@@ -279,3 +281,4 @@ def test_metadata_that_describes_the_graph_loads(tmp_path: Path, metadata_docume
     write_metadata(metadata_document(inputs=described_inputs(64, 64)), tmp_path / "metadata.json")
     load_runtime(static_stand_in_onnx(tmp_path / "model.onnx", 64, 64))
     load_runtime(stand_in_onnx(tmp_path / "model.onnx"))  # dynamic graph
+    load_runtime(stand_in_program(tmp_path / "model.pt2"))

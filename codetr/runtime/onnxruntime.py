@@ -28,7 +28,7 @@ from codetr.contract.metadata import ExportMetadata
 from codetr.contract.onnx_graph import clamp_ir_version, element_types, replace_opset_import
 from codetr.contract.plugin import CODETR_DOMAIN, CODETR_OP_TYPE, DEFAULT_IM2COL_STEP, NVIDIA_OP_TYPE
 from codetr.models import Detections
-from codetr.runtime.base import Runtime, check_inputs, resolve_device, unreadable
+from codetr.runtime.base import InputSpec, Runtime, check_described_inputs, check_inputs, resolve_device, unreadable
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 PYTHON_MSDA_OP_TYPE = CODETR_OP_TYPE + "Float32"
@@ -49,7 +49,7 @@ class OnnxRuntime(Runtime):
     ops it lacks); ``providers`` overrides the choice (as for ``InferenceSession``).
     ``metadata``: the export's metadata; inputs are checked against it before every run.
     Raises FileNotFoundError for a missing file, ValueError for one that is not a readable ONNX
-    model or whose inputs are not the ones ``metadata`` describes (:func:`check_graph_inputs`),
+    model or whose inputs are not the ones ``metadata`` describes (:func:`~codetr.runtime.base.check_described_inputs`),
     :class:`OnnxRuntimeUnsupportedError` (a ValueError) for a graph ONNX Runtime cannot run
     and ImportError when plugin nodes need onnxruntime-extensions and it is missing.
     """
@@ -67,7 +67,7 @@ class OnnxRuntime(Runtime):
         if not isinstance(model, onnx.ModelProto):
             model = load_onnx(Path(model))
         if metadata is not None:
-            check_graph_inputs(model, metadata, where)
+            check_described_inputs(metadata, graph_inputs(model), where)
         providers = providers or _providers_for(resolve_device(device or "cpu"))
         self.session = create_session(model, providers, where)
         self.device = torch.device("cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu")
@@ -93,46 +93,19 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         raise unreadable(path, "ONNX model", error) from None
 
 
-def check_graph_inputs(model: onnx.ModelProto, metadata: ExportMetadata, where: str = "the ONNX model") -> None:
-    """Raise ValueError naming ``where`` and the metadata.json unless the graph's inputs are the
-    ones metadata.json lists (its ``inputs``: names in order, dtypes, and each dimension the
-    metadata fixes or leaves dynamic), so a metadata.json copied from another export is caught
-    at load time rather than as an ONNX Runtime error at the first run. A dimension the graph
-    leaves dynamic accepts any size the metadata fixes."""
+def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph's inputs (initializers excluded) as (name, dtype name, shape); a dynamic
+    dimension is its name."""
     initializers = {tensor.name for tensor in model.graph.initializer}
-    graph = [_graph_input(value) for value in model.graph.input if value.name not in initializers]
-    described = [(spec.get("name"), spec.get("dtype"), list(spec.get("shape", ())))
-                 for spec in metadata.document.get("inputs", ())]
-    if not described:
-        return
-    fits = [name for name, _, _ in graph] == [name for name, _, _ in described] and all(
-        dtype == expected_dtype and _shape_fits(shape, expected_shape)
-        for (_, dtype, shape), (_, expected_dtype, expected_shape) in zip(graph, described)
-    )
-    if not fits:
-        def listing(inputs: list) -> str:
-            return ", ".join(f"{name} {dtype} {shape}" for name, dtype, shape in inputs)
-
-        raise ValueError(
-            f"{metadata.path or 'metadata.json'} does not describe {where}: the metadata lists inputs "
-            f"{listing(described)} but the model takes {listing(graph)}; was metadata.json copied from "
-            "another export? Keep each export's files together"
-        )
-
-
-def _graph_input(value: onnx.ValueInfoProto) -> tuple[str, str, list[int | str]]:
-    tensor = value.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "unknown"
-    shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in tensor.shape.dim]
-    return value.name, dtype, shape
-
-
-def _shape_fits(graph: list[int | str], described: list[int | str]) -> bool:
-    """A graph dimension fits when it is dynamic or equals a fixed described one; a dimension the
-    metadata leaves dynamic (a name) must be dynamic in the graph too."""
-    return len(graph) == len(described) and all(
-        isinstance(have, str) or (isinstance(want, int) and have == want) for have, want in zip(graph, described)
-    )
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "unknown"
+        shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in tensor.shape.dim]
+        specs.append((value.name, dtype, shape))
+    return specs
 
 
 def create_session(
