@@ -30,6 +30,36 @@ def atomic_path(path: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def check_writable_file(
+    path: Path, *, argument: str, suffixes: Sequence[str] = (), inputs: Sequence[Path] = (),
+) -> Path:
+    """Raise, writing nothing, unless :func:`atomic_path` can later write the file ``path`` (so a
+    long run never ends in "Is a directory"): ``path`` is not a folder, ends in one of
+    ``suffixes`` (lower case, with the dot; any when empty), is none of ``inputs`` (writing it
+    would replace a file the command reads), and its folder exists and is writable. Messages
+    name the option as ``argument``. Returns ``path``.
+
+    Raises IsADirectoryError, ValueError, FileNotFoundError, NotADirectoryError or PermissionError.
+    """
+    path = Path(path)
+    if path.is_dir():
+        example = path / f"results{suffixes[0] if suffixes else ''}"
+        raise IsADirectoryError(f"{argument} {path} is a folder; give a file name, e.g. {argument} {example}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{argument} {path}: expected a file name ending in {', '.join(suffixes)}")
+    for given in inputs:
+        if path.resolve() == Path(given).resolve():
+            raise ValueError(f"{argument} {path} is the input {given}; writing it would replace it, so choose another name")
+    folder = path.parent
+    if not folder.exists():
+        raise FileNotFoundError(f"{argument} {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{argument} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{argument} {path}: folder {folder} is not writable")
+    return path
+
+
 def check_replaceable_dir(
     path: Path,
     overwrite: bool,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codetr.atomic import check_replaceable_dir
+from codetr.atomic import check_replaceable_dir, check_writable_file
 
 OVERWRITE_HINT = "choose a new or empty folder, or pass --overwrite to replace that folder and everything in it"
 
@@ -105,3 +105,29 @@ def test_a_read_only_parent_is_refused(tmp_path: Path, monkeypatch) -> None:
                                                          f"{read_only} is not writable")):
         check_replaceable_dir(read_only / "old", True, argument="--output")
     assert tree(tmp_path) == ["read_only", "read_only/old"]
+
+
+def test_writable_file_checks_name_the_option(tmp_path: Path) -> None:
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "model.onnx").write_text("keep")
+    cases = [
+        (tmp_path / "exp", (".json",), IsADirectoryError, f"--json {tmp_path / 'exp'} is a folder; give a file name, e.g. "
+                                                  f"--json {tmp_path / 'exp' / 'results.json'}"),
+        (tmp_path / "plot.txt", (".json",), ValueError, "expected a file name ending in .json"),
+        (tmp_path / "model.onnx", (), ValueError, f"is the input {tmp_path / 'model.onnx'}; writing it would replace it"),
+        (tmp_path / "missing" / "b.json", (), FileNotFoundError, f"folder {tmp_path / 'missing'} does not exist"),
+        (tmp_path / "a_file" / "b.json", (), NotADirectoryError, f"{tmp_path / 'a_file'} is not a folder"),
+    ]
+    for path, suffixes, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            check_writable_file(path, argument="--json", suffixes=suffixes, inputs=[tmp_path / "model.onnx"])
+    assert check_writable_file(tmp_path / "new.json", argument="--json", suffixes=(".json",)) == tmp_path / "new.json"
+    assert (tmp_path / "model.onnx").read_text() == "keep"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")
+def test_writable_file_in_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "read_only").mkdir(mode=0o555)
+    with pytest.raises(PermissionError, match="folder .*read_only is not writable"):
+        check_writable_file(tmp_path / "read_only" / "b.json", argument="--json")

@@ -56,3 +56,37 @@ def test_no_option_states_its_default_twice(monkeypatch: pytest.MonkeyPatch) -> 
         for line in command.format_help().splitlines():
             assert line.count("default:") <= 1, f"codetr {name} --help: {line.strip()}"
             assert "(default: None)" not in line, f"codetr {name} --help: {line.strip()}"
+
+
+@pytest.mark.parametrize("command", ["infer", "eval", "bench", "compare"])
+def test_a_truncated_model_is_an_error_line_not_a_traceback(tmp_path: Path, tiny_coco, metadata_document, capsys,
+                                                            command: str) -> None:
+    """Every command that loads an artifact: ``error: <file> is not a readable ONNX model ...``, exit 2."""
+    import onnx
+
+    from codetr.cli import main
+    from codetr.contract.metadata import write_metadata
+
+    write_metadata(metadata_document(), tmp_path / "metadata.json")
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["images"], ["boxes"])], "g",
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 64, 64])],
+        [onnx.helper.make_tensor_value_info("boxes", onnx.TensorProto.FLOAT, [1, 3, 64, 64])],
+        [onnx.helper.make_tensor("weights", onnx.TensorProto.FLOAT, [256], [0.5] * 256)],
+    )
+    whole = onnx.helper.make_model(graph).SerializeToString()
+    model = tmp_path / "model.onnx"
+    model.write_bytes(whole[: len(whole) // 2])
+    annotation_file, image_dir = tiny_coco
+    arguments = {
+        "infer": ["--model", str(model), "--input", str(image_dir), "--output", str(tmp_path / "out"), "--workers", "0"],
+        "eval": ["--model", str(model), "--annotations", str(annotation_file), "--images", str(image_dir),
+                 "--workers", "0"],
+        "bench": [str(model), "--iterations", "1", "--warmup", "0", "--device", "cpu"],
+        "compare": [str(model), "tiny", "--images", str(image_dir)],
+    }[command]
+    assert main([command, *arguments]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"error: {model} is not a readable ONNX model (truncated or damaged?): Error parsing message")
+    assert not (tmp_path / "out").exists()

@@ -103,3 +103,32 @@ def test_unreadable_images_are_named_and_skipped(images, tmp_path, capsys) -> No
     (folder / "1.png").write_bytes(b"GIF89a")
     assert main(["compare", str(TINY), str(TINY), "--images", str(folder)]) == 2
     assert f"--images: none of the 3 image(s) in {folder} could be read" in capsys.readouterr().err
+
+
+def test_models_of_different_classes_are_refused(tmp_path, images, capsys) -> None:
+    """Labels index different class lists: the outputs cannot agree, so no FAIL table but the reason."""
+    six_classes = tmp_path / "tiny6.toml"
+    six_classes.write_text(TINY.read_text().replace('"cup"]', '"cup", "bus"]').replace("num_classes = 5", "num_classes = 6"))
+    status = main(["compare", str(TINY), str(six_classes), "--images", str(images)])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.splitlines()[:3] == [
+        f"error: {TINY} and {six_classes} do not detect the same classes, so their outputs cannot agree:",
+        f"  {TINY} (5): ['cat', 'dog', 'car', 'tree', 'cup']",
+        f"  {six_classes} (6): ['cat', 'dog', 'car', 'tree', 'cup', 'bus']",
+    ]
+
+
+def test_random_weights_are_warned_about_like_every_command(onnx_export, images, caplog, capsys) -> None:
+    status = main(["compare", str(onnx_export / "model.onnx"), str(TINY), "--images", str(images), "--max-images", "1"])
+    assert status == 0, capsys.readouterr().err
+    assert "NO --checkpoint GIVEN: using DETERMINISTIC RANDOM WEIGHTS (seed 0)" in caplog.text
+    assert f"{onnx_export / 'model.onnx'} was exported without --checkpoint: RANDOM WEIGHTS" in caplog.text
+
+
+def test_a_checkpoint_no_side_uses_is_refused(onnx_export, images, tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "latest.pth"
+    checkpoint.write_bytes(b"never read")
+    model = str(onnx_export / "model.onnx")
+    assert main(["compare", model, model, "--images", str(images), "--checkpoint", str(checkpoint)]) == 2
+    assert "--checkpoint applies to a config side only" in capsys.readouterr().err

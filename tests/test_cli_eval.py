@@ -135,6 +135,21 @@ def test_output_holding_an_input_is_refused(tmp_path: Path, tiny_coco, capsys) -
     assert detections.is_file()
 
 
+@pytest.mark.parametrize("option", ["--config", "--checkpoint"])
+def test_output_holding_the_config_or_checkpoint_is_refused(tmp_path: Path, tiny_coco, capsys, option: str) -> None:
+    annotation_file, image_dir = tiny_coco
+    output = tmp_path / "out"
+    given = output / "ck" / ("tiny.toml" if option == "--config" else "latest.pth")
+    given.parent.mkdir(parents=True)
+    given.write_bytes(TINY.read_bytes())  # never read: refused before any model loads
+    config = given if option == "--config" else TINY
+    extra = ["--checkpoint", str(given)] if option == "--checkpoint" else []
+    error = run_failing(["eval", "--config", str(config), *extra, "--annotations", str(annotation_file),
+                         "--images", str(image_dir), "--output", str(output), "--overwrite"], capsys)
+    assert f"--output {output} holds the input {given}" in error
+    assert given.read_bytes() == TINY.read_bytes()
+
+
 def test_interrupted_writing_leaves_the_output_as_it_was(tmp_path: Path, tiny_coco, monkeypatch, capsys) -> None:
     import codetr.cli.eval as eval_command
 

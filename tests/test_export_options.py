@@ -72,6 +72,12 @@ def test_invalid_options_are_rejected(kwargs: dict, message: str) -> None:
         ExportOptions(**kwargs)
 
 
+def test_a_timing_cache_that_is_a_folder_is_rejected(tmp_path: Path) -> None:
+    """Checked up front: the cache is rewritten only after a minutes-long engine build."""
+    with pytest.raises(IsADirectoryError, match=f"timing_cache {tmp_path} is a folder; give the cache file's path"):
+        ExportOptions(timing_cache=tmp_path)
+
+
 def test_missing_plugin_library_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="plugin_library"):
         ExportOptions(plugin_library=tmp_path / "missing.so")
@@ -229,6 +235,26 @@ def test_cli_checks_the_output_folder_before_the_tensorrt_probe(capsys, tmp_path
         f"error: --output {tmp_path / 'out'} is not empty and is not a codetr export (holds notes.txt); choose a new "
         "or empty folder, or pass --overwrite to replace that folder and everything in it"]
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("holder", ["runs", "runs/long"])
+@pytest.mark.parametrize("option", ["--checkpoint", "--config", "--plugin-library", "--timing-cache"])
+def test_cli_refuses_an_output_holding_an_input_even_with_overwrite(capsys, tmp_path: Path, no_tensorrt_probe,
+                                                                    option: str, holder: str) -> None:
+    """--overwrite replaces the output whole: a folder holding a file the export reads is refused."""
+    inputs = {"--checkpoint": "latest.pth", "--config": "tiny.toml", "--plugin-library": "libcodetr_msda_trt.so",
+              "--timing-cache": "timing.cache"}
+    given = tmp_path / "runs" / "long" / inputs[option]
+    given.parent.mkdir(parents=True)
+    given.write_bytes(TINY.read_bytes())
+    args = {"--config": str(TINY), option: str(given)}
+    status, stderr = run_cli(capsys, *[text for pair in args.items() for text in pair], "--height", "64",
+                             "--width", "96", "--output", str(tmp_path / holder), "--overwrite")
+    assert status == 2
+    assert stderr.splitlines() == [
+        f"error: --output {tmp_path / holder} holds the input {given}; a finished run replaces {tmp_path / holder} "
+        "whole, so choose a folder outside it"]
+    assert given.read_bytes() == TINY.read_bytes()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")

@@ -221,3 +221,17 @@ def test_output_holding_the_current_directory_is_refused(tmp_path: Path, config,
     with pytest.raises(ValueError, match="holds the current folder"):
         export_model(ConstantDetector(), config, PROGRAM_ONLY, Path(".."), overwrite=True)
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["inside"]
+
+
+def test_output_holding_the_checkpoint_or_timing_cache_is_refused(tmp_path: Path, config) -> None:
+    """The library function checks what it reads too: --overwrite would delete it."""
+    checkpoint = tmp_path / "ck" / "latest.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    with pytest.raises(ValueError, match=f"output_dir {tmp_path / 'ck'} holds the input {checkpoint}"):
+        export_model(ConstantDetector(), config, PROGRAM_ONLY, tmp_path / "ck", checkpoint=checkpoint, overwrite=True)
+    cache = tmp_path / "ck" / "timing.cache"
+    with pytest.raises(ValueError, match=f"holds the input {cache}"):
+        export_model(ConstantDetector(), config, dataclasses.replace(PROGRAM_ONLY, timing_cache=cache), tmp_path,
+                     overwrite=True)
+    assert checkpoint.read_bytes() == b"weights"

@@ -232,6 +232,21 @@ def test_overwrite_never_replaces_a_folder_holding_the_input(tmp_path, capsys):
     assert (inputs / "a.png").is_file()
 
 
+@pytest.mark.parametrize("option", ["--model", "--config", "--checkpoint"])
+def test_overwrite_never_replaces_a_folder_holding_the_model(tmp_path, capsys, option):
+    """``--model par/model/model.onnx --output par --overwrite`` would delete the model it runs."""
+    inputs = image_folder(tmp_path / "inputs", {"a.png": gradient_image(48, 80)})
+    output = tmp_path / "par"
+    given = output / "model" / {"--model": "model.onnx", "--config": "tiny.toml", "--checkpoint": "latest.pth"}[option]
+    given.parent.mkdir(parents=True)
+    given.write_bytes(TINY.read_bytes())  # never read: refused before any model loads
+    source = ["--model", str(given)] if option == "--model" else ["--config", str(given if option == "--config" else TINY)]
+    extra = ["--checkpoint", str(given)] if option == "--checkpoint" else []
+    assert infer(*source, *extra, "--input", str(inputs), "--output", str(output), "--overwrite") == 2
+    assert f"--output {output} holds the input {given}" in capsys.readouterr().err
+    assert given.read_bytes() == TINY.read_bytes()
+
+
 def test_interrupted_infer_leaves_the_output_as_it_was(tmp_path, monkeypatch, capsys):
     """Ctrl-C after the first drawing: no half-run in --output, the earlier run intact."""
     import codetr.cli.infer as infer_command

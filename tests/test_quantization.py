@@ -330,6 +330,16 @@ def test_sensitivity_table_measures_each_group(tiny_coco, tmp_path, capsys) -> N
     assert "| all INT8 |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["sensitivity.json", "sensitivity.md"])
+def test_sensitivity_output_is_checked_before_any_work(tmp_path, capsys, name: str) -> None:
+    """A folder where the table (or its Markdown copy) goes is refused at once, not after the evaluations."""
+    (tmp_path / name).mkdir()
+    status = codetr_main(["quantize-sensitivity", "--config", str(TINY), "--data", str(tmp_path / "missing"),
+                          "--output", str(tmp_path / "sensitivity.json")])
+    assert status == 2
+    assert f"{tmp_path / name} is a folder; give a file name" in capsys.readouterr().err
+
+
 def evaluate_reference_ap(annotation_file: Path, image_dir: Path) -> float:
     """AP of the float tiny model straight through pycocotools (the independent reference)."""
     from pycocotools.coco import COCO

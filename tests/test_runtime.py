@@ -209,3 +209,76 @@ def test_runtimes_do_not_load_the_exporter() -> None:
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == "[]"
+
+
+# ---- damaged or mismatched artifacts --------------------------------------------------------------
+
+def truncated(path: Path) -> Path:
+    """``path`` cut to half its size, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def stand_in_program(path: Path) -> Path:
+    program = torch.export.export(StandIn(), (torch.zeros(1, 3, 64, 64), torch.ones(1, 2, dtype=torch.int64)))
+    torch.export.save(program, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (stand_in_onnx, r"model.onnx is not a readable ONNX model \(truncated or damaged\?\): Error parsing message"),
+        (stand_in_program, r"model.pt2 is not a readable ExportedProgram \(torch.export archive\) \(truncated or "
+                           r"damaged\?\): not a zip archive"),
+    ],
+)
+def test_a_truncated_artifact_is_named(tmp_path: Path, metadata_document, write, message: str) -> None:
+    """Beside its metadata.json (which names the artifact, so the file's own format is never sniffed)."""
+    write_metadata(metadata_document(), tmp_path / "metadata.json")
+    name = "model.onnx" if write is stand_in_onnx else "model.pt2"
+    model = truncated(write(tmp_path / name))
+    with pytest.raises(ValueError, match=message):
+        load_runtime(model)
+
+
+def static_stand_in_onnx(path: Path, height: int, width: int) -> Path:
+    """:func:`stand_in_onnx` with a static [1, 3, height, width] images input."""
+    model = onnx.load(str(stand_in_onnx(path)))
+    for dim, size in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, height, width)):
+        dim.dim_value = size
+    for dim in model.graph.input[1].type.tensor_type.shape.dim[:1]:
+        dim.dim_value = 1
+    onnx.save(model, str(path))
+    return path
+
+
+def described_inputs(height: int | str, width: int | str, images_dtype: str = "float32") -> list[dict]:
+    return [{"name": "images", "shape": [1, 3, height, width], "dtype": images_dtype},
+            {"name": "image_sizes", "shape": [1, 2], "dtype": "int64"}]
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [described_inputs(64, 96), described_inputs("height", 64), described_inputs(64, 64, "float16"),
+     described_inputs(64, 64)[:1], list(reversed(described_inputs(64, 64)))],
+)
+@pytest.mark.parametrize("name", ["model.onnx", "model.pt2"])
+def test_metadata_of_another_export_is_refused_at_load(tmp_path: Path, metadata_document, inputs: list, name: str) -> None:
+    """metadata.json copied from another export: caught naming both files, not by the model mid-run."""
+    write_metadata(metadata_document(inputs=inputs), tmp_path / "metadata.json")
+    write = stand_in_program if name == "model.pt2" else lambda path: static_stand_in_onnx(path, 64, 64)
+    model = write(tmp_path / name)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'metadata.json'} does not describe {model}: the metadata lists "
+                                         r"inputs .* but the model takes images float32 \[1, 3, 64, 64\], image_sizes "
+                                         r"int64 \[1, 2\]; was metadata.json copied from another export\?"):
+        load_runtime(model)
+
+
+def test_metadata_that_describes_the_graph_loads(tmp_path: Path, metadata_document) -> None:
+    """A static metadata dimension fits a dynamic graph one; equal static ones fit."""
+    write_metadata(metadata_document(inputs=described_inputs(64, 64)), tmp_path / "metadata.json")
+    load_runtime(static_stand_in_onnx(tmp_path / "model.onnx", 64, 64))
+    load_runtime(stand_in_onnx(tmp_path / "model.onnx"))  # dynamic graph
+    load_runtime(stand_in_program(tmp_path / "model.pt2"))

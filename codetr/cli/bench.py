@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from codetr.atomic import check_writable_file
 from codetr.benchmark.runner import BenchResult, BenchSettings, Skipped, run_benchmark
 from codetr.benchmark.report import format_table, plot, plot_formats, to_document, write_json
 from codetr.benchmark.targets import EAGER, CudaGraphMode, Target, parse_targets
@@ -101,11 +102,14 @@ def run(args: argparse.Namespace) -> int:
         resolve_config(args.config)  # FileNotFoundError listing the shipped names, before any work
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None and not path.parent.is_dir():
-            raise FileNotFoundError(f"{option}: folder {path.parent} does not exist")
+    # Before any timing: a results path that cannot be written would otherwise fail only at the end.
+    given = (*args.artifacts, args.config, args.checkpoint, args.images)
+    inputs = [Path(path) for path in given if path is not None and Path(path).exists()]
+    if args.json is not None:
+        check_writable_file(args.json, argument="--json", inputs=inputs)
     if args.plot is not None:
         formats = plot_formats()
+        check_writable_file(args.plot, argument="--plot", inputs=inputs)
         if args.plot.suffix.lower().lstrip(".") not in formats:
             raise ValueError(f"--plot {args.plot}: matplotlib writes {', '.join(sorted(formats))}; name the file e.g. bench.png")
     if args.profile and not torch.cuda.is_available():

@@ -63,6 +63,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of the eager model's random weights without --checkpoint (what Predictor.from_config builds)."""
+
+
 def warn_random_weights(seed: int) -> None:
     """The loud warning of every command that runs or exports a model without a checkpoint."""
     message = (

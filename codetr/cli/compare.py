@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import torch
 
-from codetr.cli.common import CONFIG_HELP
+from codetr.cli.common import CONFIG_HELP, RANDOM_WEIGHTS_SEED, warn_random_weights
 from codetr.config import resolve_config
 from codetr.contract.io import OUTPUT_NAMES
 from codetr.data.images import ImageReadError, list_images, read_image
@@ -70,6 +70,28 @@ def _load(path: Path, checkpoint: Path | None) -> Predictor:
     return Predictor.from_config(config, checkpoint=checkpoint, device="cpu")
 
 
+def _check_sides(args: argparse.Namespace, sides: list[tuple[Path, Predictor]]) -> None:
+    """Refuse two models whose labels mean different classes (their outputs cannot agree) and a
+    --checkpoint no side uses; warn, as every command does, about random weights (an eager side
+    without --checkpoint, or an export made without one): the outputs then differ by design."""
+    (path_a, side_a), (path_b, side_b) = sides
+    if side_a.class_names != side_b.class_names:
+        raise ValueError(
+            f"{path_a} and {path_b} do not detect the same classes, so their outputs cannot agree:\n"
+            f"  {path_a} ({len(side_a.class_names)}): {list(side_a.class_names)}\n"
+            f"  {path_b} ({len(side_b.class_names)}): {list(side_b.class_names)}\n"
+            "compare an export with the config (and --checkpoint) it was exported from"
+        )
+    eager = [path for path, side in sides if side.runtime.metadata is None]
+    if args.checkpoint is not None and not eager:
+        raise ValueError("--checkpoint applies to a config side only; an artifact's weights are fixed by its export")
+    if eager and args.checkpoint is None:
+        warn_random_weights(RANDOM_WEIGHTS_SEED)
+    for path, side in dict(sides).items():  # each export once
+        if side.random_weights and side.runtime.metadata is not None:
+            logger.warning("%s was exported without --checkpoint: RANDOM WEIGHTS", path)
+
+
 def compare_arrays(name_a: str, outputs_a: list[dict], name_b: str, outputs_b: list[dict], args) -> dict[str, object]:
     """Polygraphy's accuracy comparison of two runners' iteration outputs: {output name:
     OutputCompareResult} of the last iteration that failed, else of the last one."""
@@ -97,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     side_a, side_b = _load(args.model_a, args.checkpoint), _load(args.model_b, args.checkpoint)
+    _check_sides(args, [(args.model_a, side_a), (args.model_b, side_b)])
     paths = list_images(args.images)
     images = read_images(paths, args.max_images)
     if not images:

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     if args.output is None:
         return _evaluate(args)
-    inputs = [path for path in (args.annotations, args.images, args.data, args.detections, *args.models) if path]
+    inputs = [path for path in (args.annotations, args.images, args.data, args.detections, args.checkpoint, args.config,
+                                *args.models) if path]
     check_output_folder(args.output, args.overwrite, inputs)
     try:
         return _evaluate(args)

@@ -27,7 +27,7 @@ from codetr.contract.cache import cache_dir
 from codetr.contract.postprocess import PostprocessMode
 from codetr.export.options import BUILT_ARTIFACTS, DEFAULT_ARTIFACTS, MAX_OPSET, MIN_OPSET_FOR_DTYPE, DimRange, ExportOptions
 from codetr.export.msda_choice import AUTO, MSDA_CHOICES, MsdaChoice, choose_msda
-from codetr.export.pipeline import check_output_dir, export_model
+from codetr.export.pipeline import check_output_dir, export_inputs, export_model
 from codetr.export.program import check_input_sizes
 from codetr.export.postprocess import score_threshold_for
 from codetr.export.stages import ExportError
@@ -285,7 +285,10 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibration_from_args(args, config, enabled=args.int8)
     if calibration is not None:
         check_opset(requested.onnx_opset, requested.dtype)
-    check_output_dir(args.output, args.overwrite, argument="--output")
+    inputs = export_inputs(config, requested, args.checkpoint)
+    if calibration is not None:
+        inputs += [path for path in (calibration.source, calibration.annotation_file) if path is not None]
+    check_output_dir(args.output, args.overwrite, argument="--output", inputs=inputs)
     options = options_from_args(args, config, requested)
     for artifact, reason in options.skipped.items():
         # Said where the user sees it: the install hides the plugin build's own message.

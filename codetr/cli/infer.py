@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -47,8 +48,8 @@ from tqdm import tqdm
 
 from codetr.atomic import atomic_dir, atomic_path
 from codetr.cli.common import (
-    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, USE_EMA_HELP, check_output_folder, check_use_ema, device_type,
-    interrupted, warn_random_weights,
+    CONFIG_HELP, FLOAT16_ON_CPU, OVERWRITE_HELP, RANDOM_WEIGHTS_SEED, USE_EMA_HELP, check_output_folder, check_use_ema,
+    device_type, interrupted, warn_random_weights,
 )
 from codetr.contract.artifacts import ARTIFACTS
 from codetr.data.images import IMAGE_SUFFIXES, image_loader, list_images
@@ -60,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - detections are meaningless"
-RANDOM_WEIGHTS_SEED = 0
-"""Seed of the eager model's random weights without --checkpoint (codetr.models.build_model's default)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -111,7 +110,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     paths = list_images(args.input)
-    check_output(args.output, args.input, args.overwrite)
+    check_output(args.output, args.input, args.overwrite, models=[args.model, args.checkpoint, args.config])
     try:
         image_entries, results, skipped = _infer_into(args, paths)
     except KeyboardInterrupt:
@@ -189,16 +188,17 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
 
 
-def check_output(output: Path, source: Path, overwrite: bool) -> None:
+def check_output(output: Path, source: Path, overwrite: bool, models: Sequence[Path | None] = ()) -> None:
     """Refuse an ``--output`` that is the folder the inputs are in, and any that
-    :func:`codetr.cli.common.check_output_folder` refuses."""
+    :func:`codetr.cli.common.check_output_folder` refuses: with ``overwrite`` it is replaced
+    whole, so it must not hold ``source`` or one of ``models`` (--model, --checkpoint, --config)."""
     input_folder = source if source.is_dir() else source.parent
     if output.exists() and os.path.samefile(output, input_folder):
         raise ValueError(
             f"--output {output} is the input folder; write the drawn images and JSON to another folder, "
             f"e.g. --output {input_folder.resolve().name}_detections"
         )
-    check_output_folder(output, overwrite, inputs=[source])
+    check_output_folder(output, overwrite, inputs=[source, *(path for path in models if path is not None)])
 
 
 def make_predictor(args: argparse.Namespace) -> Predictor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from codetr.atomic import check_writable_file
 from codetr.checkpoint import load_checkpoint
 from codetr.cli.common import CONFIG_HELP, default_device, device_type, warn_random_weights
 from codetr.cli.int8_options import add_int8_arguments, calibration_from_args
@@ -76,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
-    if args.output.suffix != ".json":
-        raise ValueError(f"--output must name a .json file, got {args.output}")
-    if not args.output.parent.is_dir():
-        raise FileNotFoundError(f"--output: no such folder {args.output.parent}")
+    # Before any evaluation: the table and its Markdown copy are written at the end.
+    inputs = [path for path in (args.config, args.checkpoint, args.data) if path is not None and path.exists()]
+    check_writable_file(args.output, argument="--output", suffixes=(".json",), inputs=inputs)
+    check_writable_file(args.output.with_suffix(".md"), argument="--output's Markdown copy", inputs=inputs)
     config = load_config(args.config)
     annotation_file, image_dir = resolve_dataset(args.data, args.split)
     dataset = CocoDetection(annotation_file, image_dir)

@@ -140,6 +140,8 @@ class ExportOptions:
                 )
         if self.plugin_library is not None and not self.plugin_library.is_file():
             raise FileNotFoundError(f"plugin_library: no such file {self.plugin_library}")
+        if self.timing_cache is not None and self.timing_cache.is_dir():  # rewritten after the engine build
+            raise IsADirectoryError(f"timing_cache {self.timing_cache} is a folder; give the cache file's path")
 
     def _check_opset(self) -> None:
         if self.opset is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -72,12 +72,31 @@ def is_codetr_export(folder: Path) -> bool:
     return isinstance(document, dict) and str(document.get("format", "")).startswith("codetr-export/")
 
 
-def check_output_dir(output_dir: Path, overwrite: bool = False, argument: str = "output_dir") -> Path:
+def check_output_dir(
+    output_dir: Path, overwrite: bool = False, argument: str = "output_dir", inputs: Sequence[Path] = (),
+) -> Path:
     """Raise a clear OSError / ValueError naming ``argument`` unless an export can be swapped in at
-    ``output_dir`` (see the module docstring and :func:`codetr.atomic.check_replaceable_dir`). Creates
-    nothing. Returns the absolute path."""
-    return check_replaceable_dir(output_dir, overwrite, argument=argument, replaceable=is_codetr_export,
-                                 replaceable_name="a codetr export")
+    ``output_dir`` (see the module docstring and :func:`codetr.atomic.check_replaceable_dir`):
+    never a folder holding one of ``inputs`` (the files the export reads; see
+    :func:`export_inputs`), which replacing it would delete. Creates nothing. Returns the
+    absolute path."""
+    return check_replaceable_dir(output_dir, overwrite, argument=argument, inputs=inputs,
+                                 replaceable=is_codetr_export, replaceable_name="a codetr export")
+
+
+def export_inputs(
+    config: Config, options: ExportOptions, checkpoint: Path | None = None, quantization: QuantizationReport | None = None,
+) -> list[Path]:
+    """The files and folders an export reads, which its output folder must not hold: the
+    checkpoint, the config file, the plugin library, the TensorRT timing cache (read and updated)
+    and the INT8 calibration data."""
+    calibration = quantization.calibration if quantization is not None else None
+    candidates = (
+        checkpoint, Path(config.source) if config.source else None, options.plugin_library, options.timing_cache,
+        calibration.source if calibration is not None else None,
+        calibration.annotation_file if calibration is not None else None,
+    )
+    return [Path(path) for path in candidates if path is not None]
 
 
 def engine_profiles(options: ExportOptions) -> dict[str, ShapeProfile]:
@@ -111,14 +130,15 @@ def export_model(
     in ``options``, the Torch-TensorRT program if asked, and ``metadata.json``. Raises ValueError
     / OSError for sizes or an output folder that cannot work (before any work) and
     :class:`~codetr.export.stages.ExportError` naming the stage that failed; in both cases, and
-    on KeyboardInterrupt, ``output_dir`` is left as it was. ``quantization``: the report of
+    on KeyboardInterrupt, ``output_dir`` is left as it was. ``output_dir`` must not hold a file
+    the export reads (:func:`export_inputs`; ValueError). ``quantization``: the report of
     :func:`codetr.quantization.quantize_int8` when ``model`` is its INT8 Q/DQ model; recorded in
     metadata.json (``quantization``), its amax statistics in int8_amax.json.
     """
     check_input_sizes(config, options)
     if quantization is not None:
         check_opset(options.onnx_opset, options.dtype)
-    output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = check_output_dir(output_dir, overwrite, inputs=export_inputs(config, options, checkpoint, quantization))
     with atomic_dir(output_dir) as staging:
         if not isinstance(model, torch.nn.Module):
             model = model()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,45 @@ def check_inputs(images: torch.Tensor, image_sizes: torch.Tensor, metadata: Expo
     check_model_inputs(images, image_sizes)
     if metadata is not None:
         metadata.check_images(images.shape)
+
+
+InputSpec = tuple[str, str, list[int | str]]
+"""An input as a model declares it: name, dtype name ("float32", "int64"), shape (a dynamic
+dimension as a name)."""
+
+
+def check_described_inputs(metadata: ExportMetadata, inputs: list[InputSpec], where: str) -> None:
+    """Raise ValueError naming ``where`` and the metadata.json unless the model's ``inputs`` are the
+    ones metadata.json lists (its ``inputs``: names in order, dtypes, each dimension it fixes or
+    leaves dynamic), so a metadata.json copied from another export is caught at load time, not
+    by the model's own error at the first run. A dimension the model leaves dynamic accepts any
+    size the metadata fixes; one the metadata leaves dynamic must be dynamic in the model too.
+    Nothing to check when the metadata lists no inputs."""
+    described = [(spec.get("name"), spec.get("dtype"), list(spec.get("shape", ())))
+                 for spec in metadata.document.get("inputs", ())]
+    if not described:
+        return
+    fits = [name for name, _, _ in inputs] == [name for name, _, _ in described] and all(
+        dtype == expected_dtype and len(shape) == len(expected_shape)
+        and all(isinstance(have, str) or (isinstance(want, int) and have == want) for have, want in zip(shape, expected_shape))
+        for (_, dtype, shape), (_, expected_dtype, expected_shape) in zip(inputs, described)
+    )
+    if not fits:
+        def listing(specs: list[InputSpec]) -> str:
+            return ", ".join(f"{name} {dtype} {shape}" for name, dtype, shape in specs)
+
+        raise ValueError(
+            f"{metadata.path or 'metadata.json'} does not describe {where}: the metadata lists inputs "
+            f"{listing(described)} but the model takes {listing(inputs)}; was metadata.json copied from "
+            "another export? Keep each export's files together"
+        )
+
+
+def unreadable(path: Path, what: str, reason: object) -> ValueError:
+    """The error of a model file that exists but cannot be read as ``what`` (e.g. "ONNX model"):
+    names the file, guesses the usual cause, and keeps the first line of the library's ``reason``."""
+    short = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return ValueError(f"{path} is not a readable {what} (truncated or damaged?): {short}; re-export it or copy it again")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

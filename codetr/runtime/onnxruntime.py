@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 import onnx
 import onnxruntime
 import torch
@@ -27,7 +28,7 @@ from codetr.contract.metadata import ExportMetadata
 from codetr.contract.onnx_graph import clamp_ir_version, element_types, replace_opset_import
 from codetr.contract.plugin import CODETR_DOMAIN, CODETR_OP_TYPE, DEFAULT_IM2COL_STEP, NVIDIA_OP_TYPE
 from codetr.models import Detections
-from codetr.runtime.base import Runtime, check_inputs, resolve_device
+from codetr.runtime.base import InputSpec, Runtime, check_described_inputs, check_inputs, resolve_device, unreadable
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 PYTHON_MSDA_OP_TYPE = CODETR_OP_TYPE + "Float32"
@@ -47,7 +48,9 @@ class OnnxRuntime(Runtime):
     ``device``: "cpu" (default) or "cuda[:N]" (CUDAExecutionProvider, falling back to the CPU for
     ops it lacks); ``providers`` overrides the choice (as for ``InferenceSession``).
     ``metadata``: the export's metadata; inputs are checked against it before every run.
-    Raises :class:`OnnxRuntimeUnsupportedError` (a ValueError) for a graph ONNX Runtime cannot run
+    Raises FileNotFoundError for a missing file, ValueError for one that is not a readable ONNX
+    model or whose inputs are not the ones ``metadata`` describes (:func:`~codetr.runtime.base.check_described_inputs`),
+    :class:`OnnxRuntimeUnsupportedError` (a ValueError) for a graph ONNX Runtime cannot run
     and ImportError when plugin nodes need onnxruntime-extensions and it is missing.
     """
 
@@ -62,7 +65,9 @@ class OnnxRuntime(Runtime):
         self.metadata = metadata
         where = "the ONNX model" if isinstance(model, onnx.ModelProto) else str(model)
         if not isinstance(model, onnx.ModelProto):
-            model = onnx.load(str(model))
+            model = load_onnx(Path(model))
+        if metadata is not None:
+            check_described_inputs(metadata, graph_inputs(model), where)
         providers = providers or _providers_for(resolve_device(device or "cpu"))
         self.session = create_session(model, providers, where)
         self.device = torch.device("cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu")
@@ -76,6 +81,31 @@ class OnnxRuntime(Runtime):
         }
         boxes, scores, labels = self.session.run(None, feeds)
         return Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels))
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """``onnx.load``, with a damaged file reported as a ValueError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}")
+    try:
+        return onnx.load(str(path))
+    except DecodeError as error:
+        raise unreadable(path, "ONNX model", error) from None
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph's inputs (initializers excluded) as (name, dtype name, shape); a dynamic
+    dimension is its name."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "unknown"
+        shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in tensor.shape.dim]
+        specs.append((value.name, dtype, shape))
+    return specs
 
 
 def create_session(

@@ -8,6 +8,7 @@ deserialize, a HYBRID one needs ``torch.ops.codetr.msda`` (registered by importi
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ import codetr.ops  # noqa: F401  registers torch.ops.codetr.msda, which hybrid p
 from codetr.contract.metadata import ExportMetadata
 from codetr.models import Detections
 from codetr.models.precision import tf32
-from codetr.runtime.base import Runtime, check_inputs, resolve_device
+from codetr.runtime.base import Runtime, check_inputs, resolve_device, unreadable
 from codetr.tensorrt.backend import import_tensorrt
 from codetr.tensorrt.plugin import register_available_plugin
 
@@ -25,7 +26,7 @@ class TorchTensorRTRuntime(Runtime):
     """A Torch-TensorRT program, loaded and ready to call on ``device`` (default: the current GPU).
 
     ``plugin_library``: our MSDA plugin library (default: the package's copy, registered when
-    present). Raises FileNotFoundError for a missing file, ValueError without a GPU and
+    present). Raises FileNotFoundError for a missing file, ValueError for a damaged one or without a GPU and
     ImportError without ``torch-tensorrt``.
     """
 
@@ -40,6 +41,8 @@ class TorchTensorRTRuntime(Runtime):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no Torch-TensorRT program at {path}")
+        if not zipfile.is_zipfile(path):
+            raise unreadable(path, "Torch-TensorRT program", "not a zip archive")
         if not torch.cuda.is_available():
             raise ValueError("a Torch-TensorRT program needs a CUDA GPU; none is visible to torch")
         self.device = resolve_device(device or "cuda")
