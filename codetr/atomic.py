@@ -35,8 +35,9 @@ def check_writable_file(
 ) -> Path:
     """Raise, writing nothing, unless :func:`atomic_path` can later write the file ``path`` (so a
     long run never ends in "Is a directory"): ``path`` is not a folder, ends in one of
-    ``suffixes`` (lower case, with the dot; any when empty), is none of ``inputs`` (writing it
-    would replace a file the command reads), and its folder exists and is writable. Messages
+    ``suffixes`` (lower case, with the dot; any when empty), is none of ``inputs`` and inside none
+    of the folders among them (writing it could replace a file the command reads), and its folder
+    exists and is writable. Messages
     name the option as ``argument``. Returns ``path``.
 
     Raises IsADirectoryError, ValueError, FileNotFoundError, NotADirectoryError or PermissionError.
@@ -50,6 +51,9 @@ def check_writable_file(
     for given in inputs:
         if path.resolve() == Path(given).resolve():
             raise ValueError(f"{argument} {path} is the input {given}; writing it would replace it, so choose another name")
+        if Path(given).is_dir() and path.resolve().is_relative_to(Path(given).resolve()):
+            raise ValueError(f"{argument} {path} is inside the input folder {given}, which this command reads; write it "
+                             "outside that folder")
     folder = path.parent
     if not folder.exists():
         raise FileNotFoundError(f"{argument} {path}: folder {folder} does not exist")

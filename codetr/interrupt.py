@@ -7,6 +7,7 @@ standard library, so it can guard the package's first import.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,22 @@ def interrupt_exits() -> Iterator[None]:
             raise
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM (what Slurm, Kubernetes and ``timeout`` send) raises
+    KeyboardInterrupt like Ctrl-C, so a long run saves its work the same way; the previous
+    handler comes back afterwards. Main thread only (``signal.signal``)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_codetr_command() -> bool:

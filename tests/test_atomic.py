@@ -131,3 +131,15 @@ def test_writable_file_in_a_read_only_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "read_only").mkdir(mode=0o555)
     with pytest.raises(PermissionError, match="folder .*read_only is not writable"):
         check_writable_file(tmp_path / "read_only" / "b.json", argument="--json")
+
+
+def test_a_file_output_inside_an_input_folder_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    annotation_file = data / "annotations" / "instances_val.json"
+    annotation_file.write_text("{}")
+    with pytest.raises(ValueError, match="inside the input folder"):
+        check_writable_file(annotation_file, argument="--output", suffixes=(".json",), inputs=[data])
+    with pytest.raises(ValueError, match="inside the input folder"):
+        check_writable_file(data / "annotations" / "new.json", argument="--output", inputs=[data])
+    assert check_writable_file(tmp_path / "sens.json", argument="--output", inputs=[data]) == tmp_path / "sens.json"

@@ -193,6 +193,14 @@ def test_bench_names_and_skips_unreadable_images(tmp_path: Path, capsys) -> None
     assert f"skipped 1 unreadable image(s) in the end-to-end time: {folder / 'b.jpg'}" in capsys.readouterr().err
 
 
+def test_the_json_never_replaces_an_artifacts_metadata(tmp_path: Path, capsys) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"not read: the output check comes first")
+    (tmp_path / "metadata.json").write_text("{}")
+    assert main(["bench", str(tmp_path / "model.onnx"), "--json", str(tmp_path / "metadata.json")]) == 2
+    assert f"--json {tmp_path / 'metadata.json'} is the input" in capsys.readouterr().err
+    assert (tmp_path / "metadata.json").read_text() == "{}"
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

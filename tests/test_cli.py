@@ -45,6 +45,18 @@ def test_a_library_import_keeps_its_keyboard_interrupt(tmp_path: Path) -> None:
     assert done.returncode != 130 and "KeyboardInterrupt" in done.stderr
 
 
+def test_sigterm_inside_terminate_as_interrupt_is_a_keyboard_interrupt() -> None:
+    import os
+    import signal
+
+    from codetr.interrupt import terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_no_option_states_its_default_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """An option whose help says its default gets no second "(default: ...)" from the formatter."""
     from codetr.cli import build_parser

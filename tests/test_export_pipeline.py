@@ -235,3 +235,18 @@ def test_output_holding_the_checkpoint_or_timing_cache_is_refused(tmp_path: Path
         export_model(ConstantDetector(), config, dataclasses.replace(PROGRAM_ONLY, timing_cache=cache), tmp_path,
                      overwrite=True)
     assert checkpoint.read_bytes() == b"weights"
+
+
+def test_a_coco_calibration_sets_image_folder_is_an_input(tmp_path: Path) -> None:
+    """--output data/val --overwrite would replace the calibration images themselves."""
+    from types import SimpleNamespace
+
+    from codetr.export.pipeline import export_inputs
+    from codetr.quantization.calibration import CalibrationSet
+
+    data = tmp_path / "data"
+    images = (data / "val" / "1.png", data / "val" / "2.png")
+    calibration = CalibrationSet(data, "coco", images, 2, data / "annotations" / "instances_val.json")
+    inputs = export_inputs(SimpleNamespace(source=None), SimpleNamespace(plugin_library=None, timing_cache=None),
+                           quantization=SimpleNamespace(calibration=calibration))
+    assert data / "val" in inputs and data in inputs and data / "annotations" / "instances_val.json" in inputs

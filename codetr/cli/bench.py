@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {args.checkpoint}")
     # Before any timing: a results path that cannot be written would otherwise fail only at the end.
-    given = (*args.artifacts, args.config, args.checkpoint, args.images)
+    metadata = [Path(path).parent / "metadata.json" for path in args.artifacts]  # read beside each artifact
+    given = (*args.artifacts, *metadata, args.config, args.checkpoint, args.images)
     inputs = [Path(path) for path in given if path is not None and Path(path).exists()]
     if args.json is not None:
         check_writable_file(args.json, argument="--json", inputs=inputs)

@@ -89,12 +89,15 @@ def export_inputs(
 ) -> list[Path]:
     """The files and folders an export reads, which its output folder must not hold: the
     checkpoint, the config file, the plugin library, the TensorRT timing cache (read and updated)
-    and the INT8 calibration data."""
+    and the INT8 calibration data (the folder given, its annotation file and the folders holding
+    the images used, e.g. a COCO dataset's ``val/``)."""
     calibration = quantization.calibration if quantization is not None else None
+    image_folders = sorted({path.parent for path in calibration.paths}) if calibration is not None else []
     candidates = (
         checkpoint, Path(config.source) if config.source else None, options.plugin_library, options.timing_cache,
         calibration.source if calibration is not None else None,
         calibration.annotation_file if calibration is not None else None,
+        *image_folders,
     )
     return [Path(path) for path in candidates if path is not None]
 

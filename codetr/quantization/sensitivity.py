@@ -77,13 +77,13 @@ def run_sensitivity(model: nn.Module, amax: dict[str, LayerAmax], evaluate: Call
         ap = evaluate(apply_amax(model, amax, modules) if modules else model)
         baseline = rows[0].ap if rows else ap
         rows.append(SensitivityRow(group, tuple(modules), ap, baseline - ap))
-        log(f"{group:<48} {len(modules):>4} modules  AP {100 * ap:6.2f}  drop {100 * (baseline - ap):+6.2f}")
+        log(f"{group:<48} {len(modules):>4} modules  AP {100 * ap:6.2f}  drop {100 * (baseline - ap):+6.2f} points")
     return rows
 
 
 def format_table(rows: list[SensitivityRow]) -> str:
     """A Markdown table: group, modules, AP, AP drop (AP points, 0-100)."""
-    lines = ["| group | modules | AP | AP drop |", "|---|---:|---:|---:|"]
+    lines = ["| group | modules | AP (points) | AP drop (points) |", "|---|---:|---:|---:|"]
     lines += [f"| {row.group} | {len(row.modules)} | {100 * row.ap:.2f} | {100 * row.drop:+.2f} |" for row in rows]
     return "\n".join(lines) + "\n"
 
