@@ -248,5 +248,5 @@ def test_a_coco_calibration_sets_image_folder_is_an_input(tmp_path: Path) -> Non
     images = (data / "val" / "1.png", data / "val" / "2.png")
     calibration = CalibrationSet(data, "coco", images, 2, data / "annotations" / "instances_val.json")
     inputs = export_inputs(SimpleNamespace(source=None), SimpleNamespace(plugin_library=None, timing_cache=None),
-                           quantization=SimpleNamespace(calibration=calibration))
+                           calibration=calibration)
     assert data / "val" in inputs and data in inputs and data / "annotations" / "instances_val.json" in inputs

@@ -285,9 +285,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibration_from_args(args, config, enabled=args.int8)
     if calibration is not None:
         check_opset(requested.onnx_opset, requested.dtype)
-    inputs = export_inputs(config, requested, args.checkpoint)
-    if calibration is not None:
-        inputs += [path for path in (calibration.source, calibration.annotation_file) if path is not None]
+    inputs = export_inputs(config, requested, args.checkpoint, calibration)
     check_output_dir(args.output, args.overwrite, argument="--output", inputs=inputs)
     options = options_from_args(args, config, requested)
     for artifact, reason in options.skipped.items():

@@ -35,6 +35,7 @@ from codetr.export.program import check_input_sizes, export_program, prepare_mod
 from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
 from codetr.export.torch_tensorrt_program import compile_and_save
+from codetr.quantization.calibration import CalibrationSet
 from codetr.quantization.engine_check import check_int8_engine
 from codetr.quantization.int8 import AMAX_FILE_NAME, QuantizationReport, write_amax
 from codetr.quantization.onnx_qdq import check_opset
@@ -85,13 +86,12 @@ def check_output_dir(
 
 
 def export_inputs(
-    config: Config, options: ExportOptions, checkpoint: Path | None = None, quantization: QuantizationReport | None = None,
+    config: Config, options: ExportOptions, checkpoint: Path | None = None, calibration: CalibrationSet | None = None,
 ) -> list[Path]:
     """The files and folders an export reads, which its output folder must not hold: the
     checkpoint, the config file, the plugin library, the TensorRT timing cache (read and updated)
     and the INT8 calibration data (the folder given, its annotation file and the folders holding
     the images used, e.g. a COCO dataset's ``val/``)."""
-    calibration = quantization.calibration if quantization is not None else None
     image_folders = sorted({path.parent for path in calibration.paths}) if calibration is not None else []
     candidates = (
         checkpoint, Path(config.source) if config.source else None, options.plugin_library, options.timing_cache,
@@ -141,7 +141,7 @@ def export_model(
     check_input_sizes(config, options)
     if quantization is not None:
         check_opset(options.onnx_opset, options.dtype)
-    output_dir = check_output_dir(output_dir, overwrite, inputs=export_inputs(config, options, checkpoint, quantization))
+    output_dir = check_output_dir(output_dir, overwrite, inputs=export_inputs(config, options, checkpoint, quantization.calibration if quantization else None))
     with atomic_dir(output_dir) as staging:
         if not isinstance(model, torch.nn.Module):
             model = model()
