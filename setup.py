@@ -39,6 +39,7 @@ def msda_extension():
         "csrc/module.cpp",
         str(MSDA / "msda.cpp"),
         str(MSDA / "msda_autograd.cpp"),
+        str(MSDA / "msda_from_offsets.cpp"),
         str(MSDA / "cpu" / "msda_cpu.cpp"),
     ]
     cxx_flags = ["-O3"]

@@ -9,11 +9,14 @@
 # through PYTHONPATH. Steps (~1-2 min on an H200):
 #   1. tests/test_msda_op.py and tests/test_msda_module.py, the CUDA ones (-k cuda), then
 #      compute-sanitizer memcheck of forward shapes large enough for the fast kernel, with
-#      locations far outside the maps, on the last row/column and NaN (skipped without
+#      locations far outside the maps, on the last row/column and NaN, and of msda_from_offsets
+#      with far-away and NaN offsets and an infinite logit (skipped without
 #      compute-sanitizer);
 #   2. benchmarks/bench_msda.py forward, fp32/fp16/bf16, codetr and codetr_f32loc, on enc_b1,
 #      enc_b1_local and dec_b1, then forward+backward of enc_b1 fp16 (backward unchanged check);
-#      all rows go to $1 (JSONL), then a compact table is printed.
+#      all rows go to $1 (JSONL), then a compact table is printed; then
+#      benchmarks/bench_msda_from_offsets.py (fused input preparation against the unfused path)
+#      -> ${1%.jsonl}-from-offsets.jsonl.
 # Exit status: the tests' if they fail, else the benchmark's.
 set -uo pipefail
 
@@ -37,7 +40,7 @@ echo "codetr from: $build_root ($(git -C "$build_root" rev-parse --short HEAD 2>
 echo "===== tests ($(date -u +%H:%M:%S))"
 # pyproject's pythonpath = ["."] would put this tree first; point it at the build instead.
 "$PYTHON" -m pytest -q -x -o "pythonpath=$build_root" -p no:cacheprovider \
-  tests/test_msda_op.py tests/test_msda_module.py -k cuda
+  tests/test_msda_op.py tests/test_msda_module.py tests/test_msda_from_offsets.py -k cuda
 tests_status=$?
 if [[ $tests_status -ne 0 ]]; then
   echo "===== tests FAILED (exit $tests_status)"
@@ -50,6 +53,7 @@ if [[ -n "$sanitizer" ]]; then
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 --leak-check no "$PYTHON" - <<'PY'
 import torch
 from codetr.ops import msda
+from codetr.ops.msda import msda_from_offsets
 
 torch.manual_seed(0)
 shapes = torch.tensor([[64, 96], [32, 48], [16, 24], [8, 12]], device="cuda")
@@ -69,6 +73,17 @@ for value_dtype, location_dtype, channels in [(torch.float16, torch.float16, 32)
     out = msda(value, shapes, starts, locations.to(location_dtype), weights.to(location_dtype))
     torch.cuda.synchronize()
     print(value_dtype, location_dtype, channels, queries, "queries: finite", bool(out.isfinite().all()))
+    # msda_from_offsets' fused kernel: offsets far outside and NaN, an infinite logit.
+    reference = torch.rand(batch, queries, 4, 2, device="cuda", dtype=location_dtype)
+    offsets = torch.randn(batch, queries, heads, 4, points, 2, device="cuda") * 3
+    offsets[:, ::5, :, :, 0, 0] = -1e30
+    offsets[:, 1::5, :, :, 1, 1] = 6e4
+    offsets[:, 2::5, :, :, 2, 0] = float("nan")
+    logits = torch.randn(batch, queries, heads, 4, points, device="cuda")
+    logits[:, 3::5, :, 1, 2] = float("inf")
+    out = msda_from_offsets(value, shapes, starts, reference, offsets.to(value_dtype), logits.to(value_dtype))
+    torch.cuda.synchronize()
+    print("  msda_from_offsets: finite", bool(out.isfinite().all()))
 print("memcheck fast path done")
 PY
   memcheck_status=$?
@@ -93,6 +108,8 @@ if [[ $bench_status -ne 0 || $fb_status -ne 0 ]]; then
 fi
 cat "$tmp"/fwd.jsonl "$tmp"/fb.jsonl > "$out" 2>/dev/null
 echo "rows: $out"
+# The fused preparation against the layer's unfused path, encoder shapes, batch 1 and 8.
+"$PYTHON" benchmarks/bench_msda_from_offsets.py --out "${out%.jsonl}-from-offsets.jsonl" || bench_status=1
 
 "$PYTHON" - "$out" <<'EOF'
 import json, sys

@@ -80,6 +80,8 @@ def test_kernel_profile_sums_per_call_by_kernel_and_group() -> None:
     assert KernelTime("triton_poi_fused_add_1", pytest.approx(0.005), 2) in profile.kernels
     assert len(profile.kernels) == 5
     assert kernel_group("triton_poi_fused__softmax_add_msda_view_3") == "softmax"  # feeds MSDA, is not MSDA
+    assert kernel_group("triton_poi_fused_cat_lift_fresh_copy_masked_fill_mul_view_76") == "fused elementwise / reduction (Triton)"
+    assert kernel_group("Memset (Device)") == "copy / fill"
     assert kernel_group("cudnn::detail::implicit_convolve_sgemm") == "convolution"
     assert kernel_group("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7") == "attention (SDPA)"
     assert kernel_group("at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>") == \

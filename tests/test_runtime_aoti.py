@@ -15,6 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -79,6 +80,21 @@ def test_the_package_computes_ffn_relus_in_the_gemm(tiny_aoti_export: Path) -> N
         (wrapper,) = [name for name in archive.namelist() if name.endswith(".wrapper.cpp")]
         calls = archive.read(wrapper).decode().count("_addmm_activation(")
     assert len(ffns) >= 2 and calls >= len(ffns)
+
+
+def test_the_package_fuses_the_encoders_msda_inputs(tiny_aoti_export: Path) -> None:
+    """The package compiles the program traced with the encoder's MSDA layers calling
+    msda_from_offsets (the decoder's box reference points keep msda), while the ONNX model of
+    the same export holds the plain op only."""
+    transformer = load_config(CONFIGS / "tiny.toml").model.transformer
+    with zipfile.ZipFile(tiny_aoti_export / "model_aoti.pt2") as archive:
+        # The package's calls into op libraries (its proxy executor's node list).
+        (calls,) = [name for name in archive.namelist() if name.endswith(".wrapper.json")]
+        targets = [node["node"]["target"] for node in json.loads(archive.read(calls))["nodes"]]
+    assert targets.count("codetr::msda_from_offsets") == transformer.encoder_layers
+    assert targets.count("codetr::msda") == transformer.decoder_layers
+    onnx_model = onnx.load(tiny_aoti_export / "model.onnx", load_external_data=False)
+    assert not any("from_offsets" in node.op_type for node in onnx_model.graph.node)
 
 
 def test_linear_relu_epilogue_rewrites_only_addmms_that_feed_one_relu() -> None:

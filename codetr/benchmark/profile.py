@@ -31,7 +31,9 @@ KERNEL_GROUPS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("convolution", re.compile(r"conv|fprop|dgrad|wgrad|winograd|implicit_?gemm|cudnn", re.IGNORECASE)),
     ("GEMM", re.compile(r"gemm|matmul|cutlass|xmma|cublas|nvjet|_mm_|addmm|bmm|^sm\d+_", re.IGNORECASE)),
     ("sort / top-k / gather", re.compile(r"sort|topk|radix|gather|index", re.IGNORECASE)),
-    ("copy / fill", re.compile(r"memcpy|memset|copy|fill|\bcat\b", re.IGNORECASE)),
+    # Not Triton kernels: their names list the ops Inductor fused ("lift_fresh_copy",
+    # "masked_fill"), which compute rather than copy.
+    ("copy / fill", re.compile(r"^(?!triton_).*(memcpy|memset|copy|fill|\bcat\b)", re.IGNORECASE)),
     ("fused elementwise / reduction (Triton)", re.compile(r"^triton_", re.IGNORECASE)),
     ("elementwise / reduction (ATen)", re.compile(r"elementwise|reduce|vectorized|unrolled", re.IGNORECASE)),
 )

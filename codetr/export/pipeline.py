@@ -31,7 +31,7 @@ from codetr.export.metadata import build_metadata
 from codetr.export.onnx_model import save_onnx, to_onnx
 from codetr.export.options import ExportOptions
 from codetr.export.postprocess import wrap_for_export
-from codetr.export.program import check_input_sizes, export_program, prepare_model
+from codetr.export.program import check_input_sizes, export_program, prepare_model, set_msda_fusion
 from codetr.export.stages import StageLog
 from codetr.export.tensorrt_engine import ShapeProfile, build_engine
 from codetr.export.torch_tensorrt_program import compile_and_save
@@ -160,8 +160,11 @@ def _export_into(
     def path_of(artifact: Artifact) -> Path:
         return folder / ARTIFACTS[artifact].file_name
 
+    # The AOTInductor package compiles a program whose encoder calls codetr::msda_from_offsets;
+    # every other artifact needs plain codetr::msda. Traced once when the package is all.
+    package_only = set(options.artifacts) == {Artifact.AOTI} and options.torch_tensorrt is None
     with stages.stage("torch.export"):
-        model = prepare_model(model, options)
+        model = prepare_model(model, options, fuse_msda_inputs=package_only)
         model = wrap_for_export(model, options.postprocess, options.score_threshold, config.test.nms.iou_threshold)
         program = export_program(model, options, config.preprocess.size_divisor)
 
@@ -201,7 +204,12 @@ def _export_into(
     if Artifact.AOTI in options.artifacts:
         with stages.stage("aoti package") as record:
             record.path = files[Artifact.AOTI] = path_of(Artifact.AOTI)
-            compile_package(program, record.path, options.aoti_configs)
+            package_program = program
+            if not package_only:
+                set_msda_fusion(model, options, enabled=True)
+                package_program = export_program(model, options, config.preprocess.size_divisor)
+                set_msda_fusion(model, options, enabled=False)
+            compile_package(package_program, record.path, options.aoti_configs)
 
     partition = None
     if options.torch_tensorrt is not None:

@@ -116,11 +116,28 @@ def check_input_sizes(config: Config, options: ExportOptions) -> None:
         )
 
 
-def prepare_model(model: torch.nn.Module, options: ExportOptions) -> torch.nn.Module:
-    """Put ``model`` in inference mode on the export device, dtype and MSDA implementation."""
+def prepare_model(model: torch.nn.Module, options: ExportOptions, fuse_msda_inputs: bool = False) -> torch.nn.Module:
+    """Put ``model`` in inference mode on the export device, dtype and MSDA implementation.
+
+    ``fuse_msda_inputs``: the encoder's MSDA layers call ``codetr::msda_from_offsets`` (see
+    :func:`set_msda_fusion`).
+    """
     model = model.eval().requires_grad_(False).to(device=options.device, dtype=options.dtype)
-    set_msda_implementation(model, use_reference=options.msda is MsdaMode.DECOMPOSED)
+    set_msda_fusion(model, options, fuse_msda_inputs)
     return model
+
+
+def set_msda_fusion(model: torch.nn.Module, options: ExportOptions, enabled: bool) -> None:
+    """Sets the MSDA implementation of ``options`` on ``model``, with (``enabled``) or without
+    the encoder's MSDA layers calling ``codetr::msda_from_offsets``, which prepares the sampling
+    locations and the softmax inside the CUDA kernel.
+
+    Only graphs that PyTorch runs (the AOTInductor package) take the fused op: ONNX and
+    TensorRT know ``codetr::msda`` alone. The decomposed (pure-PyTorch) MSDA has no fused form,
+    so ``enabled`` is ignored for it.
+    """
+    decomposed = options.msda is MsdaMode.DECOMPOSED
+    set_msda_implementation(model, use_reference=decomposed, fuse_inputs=enabled and not decomposed)
 
 
 def example_inputs(options: ExportOptions) -> tuple[torch.Tensor, torch.Tensor]:

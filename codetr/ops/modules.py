@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from codetr.ops.msda import msda
+from codetr.ops.msda import msda, msda_from_offsets
 from codetr.ops.msda_reference import SpatialShapes, as_shape_list, msda_reference
 
 
@@ -26,7 +26,10 @@ class MultiScaleDeformableAttention(nn.Module):
 
     Set ``use_reference = True`` (or call :func:`set_msda_implementation`) to run the pure-PyTorch
     ``grid_sample`` path instead of ``torch.ops.codetr.msda``, e.g. for an ONNX graph that must
-    run without our plugin.
+    run without our plugin. Set ``fuse_inputs = True`` for inference graphs that only PyTorch
+    and AOTInductor run: layers with (cx, cy) reference points (the encoder's) then call
+    ``torch.ops.codetr.msda_from_offsets``, which computes the same locations and softmax inside
+    the CUDA kernel instead of writing them out (no gradient: not for training).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class MultiScaleDeformableAttention(nn.Module):
         self.num_levels = num_levels
         self.num_points = num_points
         self.use_reference = False
+        self.fuse_inputs = False
         samples = num_heads * num_levels * num_points
         self.sampling_offsets = nn.Linear(embed_dims, samples * 2)
         self.attention_weights = nn.Linear(embed_dims, samples)
@@ -103,15 +107,18 @@ class MultiScaleDeformableAttention(nn.Module):
         value = value.view(batch, num_values, self.num_heads, -1)
 
         location_dtype = torch.promote_types(query.dtype, torch.float32)
-        offsets = self.sampling_offsets(query).to(location_dtype)
-        offsets = offsets.view(
-            batch, num_queries, self.num_heads, self.num_levels, self.num_points, 2
-        )
-        weights = self.attention_weights(query).to(location_dtype)
-        weights = weights.view(batch, num_queries, self.num_heads, -1).softmax(-1)
-        weights = weights.view(batch, num_queries, self.num_heads, self.num_levels, self.num_points)
-
         reference_points = reference_points.to(location_dtype)
+        sample_shape = (batch, num_queries, self.num_heads, self.num_levels, self.num_points)
+        offsets = self.sampling_offsets(query).view(*sample_shape, 2)
+        logits = self.attention_weights(query).view(*sample_shape)
+        if self.fuse_inputs and not self.use_reference and reference_points.shape[-1] == 2:
+            shapes = self._shapes_tensor(spatial_shapes, value.device)
+            output = msda_from_offsets(value, shapes, level_start_index, reference_points, offsets, logits)
+            return self.output_proj(output)
+
+        offsets = offsets.to(location_dtype)
+        weights = logits.to(location_dtype).view(batch, num_queries, self.num_heads, -1).softmax(-1)
+        weights = weights.view(sample_shape)
         if reference_points.shape[-1] == 2:
             shapes = self._shapes_tensor(spatial_shapes, value.device).to(location_dtype)
             # offsets are in pixels of each level: divide by (W, H)
@@ -146,9 +153,14 @@ class MultiScaleDeformableAttention(nn.Module):
         return torch.tensor(as_shape_list(spatial_shapes), dtype=torch.int64, device=device)
 
 
-def set_msda_implementation(module: nn.Module, use_reference: bool) -> None:
+def set_msda_implementation(module: nn.Module, use_reference: bool, fuse_inputs: bool = False) -> None:
     """Switch every MultiScaleDeformableAttention inside ``module`` to the pure-PyTorch
-    reference (``use_reference=True``) or to ``torch.ops.codetr.msda``."""
+    reference (``use_reference=True``) or to ``torch.ops.codetr.msda``; ``fuse_inputs=True``
+    (op path only, inference only) lets layers with (cx, cy) reference points call
+    ``torch.ops.codetr.msda_from_offsets``. Raises ValueError for both at once."""
+    if use_reference and fuse_inputs:
+        raise ValueError("fuse_inputs needs the op path (use_reference=False): the reference has no fused form")
     for submodule in module.modules():
         if isinstance(submodule, MultiScaleDeformableAttention):
             submodule.use_reference = use_reference
+            submodule.fuse_inputs = fuse_inputs

@@ -18,7 +18,7 @@ except ImportError as error:
         "torch with: bash scripts/install.sh (or pip install --no-build-isolation -e .)"
     ) from error
 
-__all__ = ["MSDA_CHECK_VARIABLE", "msda", "set_msda_checks"]
+__all__ = ["MSDA_CHECK_VARIABLE", "msda", "msda_from_offsets", "set_msda_checks"]
 
 MSDA_CHECK_VARIABLE = "CODETR_MSDA_CHECK"
 """Environment variable read when the library loads: any value but empty or ``0`` turns the level
@@ -80,6 +80,45 @@ def msda(
     )
 
 
+def msda_from_offsets(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference_points: torch.Tensor,
+    sampling_offsets: torch.Tensor,
+    attention_logits: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`msda` from the attention layer's raw projections, for inference.
+
+    Computes, in ``reference_points``' dtype,
+    ``sampling_locations = reference_points[:, :, None, :, None, :] + sampling_offsets / (W_l, H_l)``
+    and ``attention_weights = softmax(attention_logits)`` over each (query, head)'s L*P points
+    (Deformable-DETR's ``MSDeformAttn.forward`` for 2-d reference points), then :func:`msda`.
+    On CUDA the fast forward (encoder-sized problems, P = 4) does this inside its sampling loop,
+    in float32 whatever the reference points' dtype (with a reciprocal and a fast exponential:
+    about 1e-6 relative from the composition), so the locations and weights, [B, Q, M, L, P]
+    each, are never written to memory; elsewhere the op runs exactly that composition.
+
+    Args:
+        value: [B, S, M, D] as for :func:`msda`.
+        spatial_shapes: [L, 2] int64 (H_l, W_l).
+        level_start_index: [L] int64.
+        reference_points: [B, Q, L, 2] normalised (x, y) per level; value's dtype, or float32
+            with a float16/bfloat16 value.
+        sampling_offsets: [B, Q, M, L, P, 2] (x, y) in pixels of each level, value's dtype.
+        attention_logits: [B, Q, M, L, P] before the softmax, value's dtype.
+
+    Returns:
+        [B, Q, M*D] in value's dtype.
+
+    Raises RuntimeError naming the argument for wrong ranks, sizes, dtypes or devices, and when
+    an input requires a gradient: the op has no backward (training calls :func:`msda`).
+    """
+    return torch.ops.codetr.msda_from_offsets(
+        value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits
+    )
+
+
 def _check_fake_inputs(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -123,6 +162,19 @@ def _msda_fake(
     batch, _, heads, channels = value.shape
     queries = sampling_locations.shape[1]
     return value.new_empty((batch, queries, heads * channels))
+
+
+@torch.library.register_fake("codetr::msda_from_offsets")
+def _msda_from_offsets_fake(
+    value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits
+):
+    torch._check(
+        reference_points.dim() == 4,
+        lambda: f"msda_from_offsets: reference_points must be [B, Q, L, 2], got {reference_points.shape}",
+    )
+    _check_fake_inputs(value, spatial_shapes, level_start_index, sampling_offsets, attention_logits, 64)
+    batch, _, heads, channels = value.shape
+    return value.new_empty((batch, sampling_offsets.shape[1], heads * channels))
 
 
 @torch.library.register_fake("codetr::msda_backward")

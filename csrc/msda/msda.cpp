@@ -29,16 +29,6 @@ std::atomic<bool>& level_checks_flag() {
 // torch.ops.codetr.set_msda_checks(enabled) -> the previous setting.
 bool set_level_checks(bool enabled) { return level_checks_flag().exchange(enabled); }
 
-// "[2, 3, 4]". Built by hand: streaming an IntArrayRef into the error message crashed torch 2.11
-// when the check fired on CUDA tensors.
-std::string shape_of(at::IntArrayRef sizes) {
-  std::string text = "[";
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    text += (i ? ", " : "") + std::to_string(sizes[i]);
-  }
-  return text + "]";
-}
-
 bool is_supported_float(at::ScalarType type) {
   return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
 }
@@ -65,6 +55,18 @@ void check_level_layout(const at::Tensor& spatial_shapes, const at::Tensor& leve
   }
   TORCH_CHECK(expected_start == num_values, "msda: spatial_shapes give sum(H*W) = ",
               expected_start, " but value has S = ", num_values, " rows (value.shape[1])");
+}
+
+}  // namespace
+
+// "[2, 3, 4]". Built by hand: streaming an IntArrayRef into the error message crashed torch 2.11
+// when the check fired on CUDA tensors.
+std::string shape_of(at::IntArrayRef sizes) {
+  std::string text = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    text += (i ? ", " : "") + std::to_string(sizes[i]);
+  }
+  return text + "]";
 }
 
 Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
@@ -133,8 +135,6 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   }
   return sizes;
 }
-
-}  // namespace
 
 bool level_checks_enabled() { return level_checks_flag().load(std::memory_order_relaxed); }
 

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
 #include <tuple>
 
 namespace codetr::msda {
@@ -39,9 +40,17 @@ struct Inputs {
   at::Tensor empty_output() const;
 };
 
+// The checks of checked_inputs without the contiguous copies; returns the sizes.
+Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights, int64_t im2col_step);
+
 Inputs checked_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                       const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                       const at::Tensor& attention_weights, int64_t im2col_step);
+
+// "[2, 3, 4]", for error messages.
+std::string shape_of(at::IntArrayRef sizes);
 
 // Whether CUDA inputs get the value checks of spatial_shapes / level_start_index (see above).
 bool level_checks_enabled();
@@ -61,5 +70,28 @@ struct Gradients {
   // (grad value in value's dtype, grad sampling_locations, grad attention_weights)
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const Inputs& inputs) const;
 };
+
+// torch.ops.codetr.msda_from_offsets (msda_from_offsets.cpp): msda's inputs before their
+// preparation, checked (each argument named in the error) and made contiguous.
+struct OffsetInputs {
+  Sizes sizes;
+  at::Tensor value;
+  at::Tensor spatial_shapes;
+  at::Tensor level_start_index;
+  at::Tensor reference_points;  // [B, Q, L, 2] normalised (x, y); value's dtype or float32
+  at::Tensor sampling_offsets;  // [B, Q, M, L, P, 2] pixels of each level, value's dtype
+  at::Tensor attention_logits;  // [B, Q, M, L, P] before the softmax over L*P, value's dtype
+};
+
+OffsetInputs checked_offset_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                   const at::Tensor& level_start_index,
+                                   const at::Tensor& reference_points,
+                                   const at::Tensor& sampling_offsets,
+                                   const at::Tensor& attention_logits);
+
+// The op's definition, as ATen ops and msda: locations = reference + offsets / (W_l, H_l) and
+// weights = softmax over each row's L*P logits, both in the reference points' dtype. CPU, and
+// CUDA problems the fused kernel does not take.
+at::Tensor msda_from_offsets_composite(const OffsetInputs& inputs);
 
 }  // namespace codetr::msda

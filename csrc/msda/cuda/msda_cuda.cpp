@@ -1,6 +1,7 @@
 // torch.ops.codetr.msda on CUDA: checks the inputs and calls the torch-free launchers that the
 // TensorRT plugin shares (msda_launch.h).
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -79,11 +80,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(
   return grads.finish(in);
 }
 
+at::Tensor msda_from_offsets_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                  const at::Tensor& level_start_index,
+                                  const at::Tensor& reference_points,
+                                  const at::Tensor& sampling_offsets,
+                                  const at::Tensor& attention_logits) {
+  const OffsetInputs in = checked_offset_inputs(value, spatial_shapes, level_start_index,
+                                                reference_points, sampling_offsets,
+                                                attention_logits);
+  const c10::cuda::CUDAGuard device_guard(value.device());
+  auto output = at::empty({in.sizes.batch, in.sizes.num_queries,
+                           in.sizes.num_heads * in.sizes.channels},
+                          in.value.options());
+  const cudaError_t status = launch_forward_from_offsets(
+      to_problem(in.sizes), to_launch_type(value.scalar_type()),
+      to_launch_type(reference_points.scalar_type()), in.value.const_data_ptr(),
+      in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>(),
+      in.reference_points.const_data_ptr(), in.sampling_offsets.const_data_ptr(),
+      in.attention_logits.const_data_ptr(), output.mutable_data_ptr(),
+      c10::cuda::getCurrentCUDAStream());
+  if (status == cudaErrorNotSupported) return msda_from_offsets_composite(in);
+  check_launch(status, "msda_from_offsets forward kernel");
+  return output;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(codetr, CUDA, m) {
   m.impl("msda", &msda_forward_cuda);
   m.impl("msda_backward", &msda_backward_cuda);
+  m.impl("msda_from_offsets", &msda_from_offsets_cuda);
 }
 
 }  // namespace codetr::msda

@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <type_traits>
 
@@ -408,12 +409,96 @@ __device__ __forceinline__ void accumulate_fast_point(const T* __restrict__ row_
   }
 }
 
-template <typename T, typename L, bool kShared>
+// Where forward_fast_kernel's points come from. A source is moved to a row once
+// (start_row, called by every lane: it may shuffle within the row's aligned groups of 4 lanes),
+// then gives N consecutive points of a level, starting at point `first`, as normalised (x, y)
+// and attention weight: N = 1 (each lane of a group its own point) or N = P.
+//
+// GivenPoints: codetr::msda's sampling_locations and attention_weights.
+template <typename L>
+struct GivenPoints {
+  const L* __restrict__ locations;  // [B, Q, M, L, P, 2]
+  const L* __restrict__ weights;    // [B, Q, M, L, P]
+
+  __device__ __forceinline__ void start_row(int64_t index, unsigned /*batch_query*/,
+                                            int num_levels, int /*own*/, bool /*shared*/) {
+    locations += index * num_levels * (2 * kFastPoints);
+    weights += index * num_levels * kFastPoints;
+  }
+
+  template <int N>
+  __device__ __forceinline__ void load(int level, int first, float /*width*/, float /*height*/,
+                                       float (&xy)[2 * N], float (&attention)[N]) const {
+    load_aligned<L, 2 * N>(locations + (level * kFastPoints + first) * 2, xy);
+    load_aligned<L, N>(weights + level * kFastPoints + first, attention);
+  }
+};
+
+// OffsetPoints: codetr::msda_from_offsets' inputs; the locations and the softmax are worked out
+// here as msda_from_offsets_composite (msda_from_offsets.cpp) defines them, in float32 whatever
+// the reference points' dtype: x = reference x + offset x * (1 / W_l), weight = exp(logit - row
+// max) * (1 / row sum of exp), with the fast exponential (__expf: ~2 ulp plus 2 ulp per unit of
+// |logit - max|, far below a half-precision output's rounding). Reciprocals and __expf instead of
+// divisions and expf: 1.64 -> 1.58 ms per call of the R50 package's six encoder layers (H200,
+// two runs, BENCHMARKS.md), for results within about 1e-6 relative.
+template <typename T, typename R>
+struct OffsetPoints {
+  const R* __restrict__ reference;  // [B, Q, L, 2]
+  const T* __restrict__ offsets;    // [B, Q, M, L, P, 2]
+  const T* __restrict__ logits;     // [B, Q, M, L, P]
+  float max_logit;
+  float inverse_sum;  // 1 / sum over the row of exp(logit - max_logit)
+
+  __device__ __forceinline__ void start_row(int64_t index, unsigned batch_query, int num_levels,
+                                            int own, bool shared) {
+    reference += static_cast<int64_t>(batch_query) * num_levels * 2;
+    offsets += index * num_levels * (2 * kFastPoints);
+    logits += index * num_levels * kFastPoints;
+    // Shared: each lane of a group takes the row's points `own` of every level, and the group
+    // combines the four parts; otherwise one lane takes all L * P logits.
+    const int first = shared ? own : 0;
+    const int step = shared ? kFastPoints : 1;
+    const int count = num_levels * kFastPoints;
+    max_logit = -INFINITY;
+    for (int point = first; point < count; point += step) {
+      max_logit = fmaxf(max_logit, to_acc(__ldg(logits + point)));
+    }
+    if (shared) max_logit = fmaxf(max_logit, __shfl_xor_sync(0xffffffffu, max_logit, 1));
+    if (shared) max_logit = fmaxf(max_logit, __shfl_xor_sync(0xffffffffu, max_logit, 2));
+    float exp_sum = 0.0f;
+    for (int point = first; point < count; point += step) {
+      exp_sum += __expf(to_acc(__ldg(logits + point)) - max_logit);
+    }
+    if (shared) exp_sum += __shfl_xor_sync(0xffffffffu, exp_sum, 1);
+    if (shared) exp_sum += __shfl_xor_sync(0xffffffffu, exp_sum, 2);
+    inverse_sum = 1.0f / exp_sum;
+  }
+
+  template <int N>
+  __device__ __forceinline__ void load(int level, int first, float width, float height,
+                                       float (&xy)[2 * N], float (&attention)[N]) const {
+    float origin[2];
+    float offset[2 * N];
+    float logit[N];
+    load_aligned<R, 2>(reference + 2 * level, origin);
+    load_aligned<T, 2 * N>(offsets + (level * kFastPoints + first) * 2, offset);
+    load_aligned<T, N>(logits + level * kFastPoints + first, logit);
+    const float inverse_width = 1.0f / width;
+    const float inverse_height = 1.0f / height;
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      xy[2 * i] = fmaf(offset[2 * i], inverse_width, origin[0]);
+      xy[2 * i + 1] = fmaf(offset[2 * i + 1], inverse_height, origin[1]);
+      attention[i] = __expf(logit[i] - max_logit) * inverse_sum;
+    }
+  }
+};
+
+template <typename T, typename Source, bool kShared>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     forward_fast_kernel(Problem pb, int lanes, int total_threads, const T* __restrict__ value,
                         const int64_t* __restrict__ shapes, const int64_t* __restrict__ starts,
-                        const L* __restrict__ locations, const L* __restrict__ weights,
-                        T* __restrict__ output) {
+                        Source source, T* __restrict__ output) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int P = kFastPoints;
   // fast_forward_fits bounds every index below 2^31: 32-bit unsigned arithmetic is exact.
@@ -433,8 +518,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const int pixel_stride = static_cast<int>(pb.num_heads * pb.channels);
   const T* row_value =
       value + (batch * pb.num_values * pb.num_heads + head) * pb.channels + lane * VEC;
-  const L* row_locations = locations + index * pb.num_levels * (2 * P);
-  const L* row_weights = weights + index * pb.num_levels * P;
+  const int own = lane % P;
+  source.start_row(index, batch_query, static_cast<int>(pb.num_levels), own, kShared);
 
   float acc[VEC] = {};
   for (int level = 0; level < static_cast<int>(pb.num_levels); ++level) {
@@ -448,11 +533,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     const int start = static_cast<int>(level_start);
     const int row_stride = width * pixel_stride;
     if constexpr (kShared) {
-      const int own = lane % P;
       float xy[2];
       float attention[1];
-      load_aligned<L, 2>(row_locations + level * (2 * P) + 2 * own, xy);
-      load_aligned<L, 1>(row_weights + level * P + own, attention);
+      source.template load<1>(level, own, static_cast<float>(width), static_cast<float>(height),
+                              xy, attention);
       const FastPoint mine =
           locate_fast_point(xy[0], xy[1], attention[0], height, width, start);
 #pragma unroll
@@ -468,8 +552,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     } else {
       float xy[2 * P];
       float attention[P];
-      load_aligned<L, 2 * P>(row_locations + level * (2 * P), xy);
-      load_aligned<L, P>(row_weights + level * P, attention);
+      source.template load<P>(level, 0, static_cast<float>(width), static_cast<float>(height),
+                              xy, attention);
 #pragma unroll
       for (int point = 0; point < P; ++point) {
         const FastPoint located = locate_fast_point(xy[2 * point], xy[2 * point + 1],
@@ -608,19 +692,34 @@ bool aligned_to(const void* pointer, int bytes) {
 // D a multiple of 16 bytes (G = D / VEC lanes per row, any G); enough rows that the general
 // layout would not split points (B * Q * M * G >= kTargetThreads: the encoder, not the
 // decoder's 900 queries); S <= 2^22 and S * M * D * sizeof(T) < 2^31 (32-bit byte offsets in
-// one batch element); B * Q * M * G < 2^31; and pointers aligned for the vector loads (value
-// and output to 16 bytes, locations to 16, weights to their 4 elements).
-template <typename T, typename L>
-bool fast_forward_fits(const Problem& pb, const void* value, const void* locations,
-                       const void* weights, const void* output) {
+// one batch element); B * Q * M * G < 2^31; and value and output aligned to 16 bytes for the
+// vector loads (the sources' own pointers are checked by their callers).
+template <typename T>
+bool fast_forward_fits(const Problem& pb, const void* value, const void* output) {
   constexpr int vec = 16 / sizeof(T);
   constexpr int64_t int_max = std::numeric_limits<int32_t>::max();
   if (pb.num_points != kFastPoints || pb.channels % vec != 0) return false;
   const int64_t threads = num_rows(pb) * (pb.channels / vec);
   const int64_t batch_bytes = pb.num_values * pb.num_heads * pb.channels * sizeof(T);
   return threads >= kTargetThreads && threads <= int_max && pb.num_values <= kFastMaxValues &&
-         batch_bytes <= int_max && aligned_to(value, 16) && aligned_to(output, 16) &&
-         aligned_to(locations, 16) && aligned_to(weights, kFastPoints * sizeof(L));
+         batch_bytes <= int_max && aligned_to(value, 16) && aligned_to(output, 16);
+}
+
+template <typename T, typename Source>
+void launch_fast(const Problem& pb, const T* value, const int64_t* shapes, const int64_t* starts,
+                 const Source& source, T* output, cudaStream_t stream) {
+  const int lanes = static_cast<int>(pb.channels / (16 / sizeof(T)));
+  const int64_t threads = num_rows(pb) * lanes;
+  const auto blocks =
+      static_cast<unsigned int>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
+  // Whole groups of 4 lanes per row share out its 4 points; other G compute all 4 each.
+  if (lanes % kFastPoints == 0) {
+    forward_fast_kernel<T, Source, true><<<blocks, kThreadsPerBlock, 0, stream>>>(
+        pb, lanes, static_cast<int>(threads), value, shapes, starts, source, output);
+  } else {
+    forward_fast_kernel<T, Source, false><<<blocks, kThreadsPerBlock, 0, stream>>>(
+        pb, lanes, static_cast<int>(threads), value, shapes, starts, source, output);
+  }
 }
 
 template <typename T, typename L>
@@ -632,19 +731,10 @@ cudaError_t forward_typed(const Problem& pb, const void* value, const int64_t* s
   const auto* w = static_cast<const L*>(weights);
   auto* out = static_cast<T*>(output);
   if constexpr (!std::is_same_v<T, double>) {
-    if (fast_forward_fits<T, L>(pb, value, locations, weights, output)) {
-      const int lanes = static_cast<int>(pb.channels / (16 / sizeof(T)));
-      const int64_t threads = num_rows(pb) * lanes;
-      const auto blocks =
-          static_cast<unsigned int>((threads + kThreadsPerBlock - 1) / kThreadsPerBlock);
-      // Whole groups of 4 lanes per row share out its 4 points; other G compute all 4 each.
-      if (lanes % kFastPoints == 0) {
-        forward_fast_kernel<T, L, true><<<blocks, kThreadsPerBlock, 0, stream>>>(
-            pb, lanes, static_cast<int>(threads), v, shapes, starts, loc, w, out);
-      } else {
-        forward_fast_kernel<T, L, false><<<blocks, kThreadsPerBlock, 0, stream>>>(
-            pb, lanes, static_cast<int>(threads), v, shapes, starts, loc, w, out);
-      }
+    // Locations to 16 bytes, weights to their 4 elements.
+    if (fast_forward_fits<T>(pb, value, output) && aligned_to(locations, 16) &&
+        aligned_to(weights, kFastPoints * sizeof(L))) {
+      launch_fast(pb, v, shapes, starts, GivenPoints<L>{loc, w}, out, stream);
       return cudaGetLastError();
     }
   }
@@ -717,6 +807,31 @@ cudaError_t dispatch_types(DataType value_type, DataType location_type, Body&& b
   return cudaErrorInvalidValue;
 }
 
+template <typename T, typename R>
+cudaError_t forward_from_offsets_typed(const Problem& pb, const void* value,
+                                       const int64_t* shapes, const int64_t* starts,
+                                       const void* reference_points, const void* sampling_offsets,
+                                       const void* attention_logits, void* output,
+                                       cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, double>) {
+    return cudaErrorNotSupported;
+  } else {
+    // Offsets to 16 bytes and logits to their 4 elements, as the locations and weights above;
+    // reference points to their pair.
+    if (!fast_forward_fits<T>(pb, value, output) || !aligned_to(sampling_offsets, 16) ||
+        !aligned_to(attention_logits, kFastPoints * sizeof(T)) ||
+        !aligned_to(reference_points, 2 * sizeof(R))) {
+      return cudaErrorNotSupported;
+    }
+    const OffsetPoints<T, R> source{static_cast<const R*>(reference_points),
+                                    static_cast<const T*>(sampling_offsets),
+                                    static_cast<const T*>(attention_logits), 0.0f, 0.0f};
+    launch_fast(pb, static_cast<const T*>(value), shapes, starts, source,
+                static_cast<T*>(output), stream);
+    return cudaGetLastError();
+  }
+}
+
 bool has_no_rows(const Problem& pb) {
   return pb.batch == 0 || pb.num_queries == 0 || pb.num_heads == 0;
 }
@@ -746,6 +861,21 @@ cudaError_t launch_backward(const Problem& problem, DataType value_type, DataTyp
     return backward_typed<decltype(value_tag), decltype(location_tag)>(
         problem, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
         grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, stream);
+  });
+}
+
+cudaError_t launch_forward_from_offsets(const Problem& problem, DataType value_type,
+                                       DataType reference_type, const void* value,
+                                       const int64_t* spatial_shapes,
+                                       const int64_t* level_start_index,
+                                       const void* reference_points, const void* sampling_offsets,
+                                       const void* attention_logits, void* output,
+                                       cudaStream_t stream) {
+  if (has_no_rows(problem)) return cudaSuccess;
+  return dispatch_types(value_type, reference_type, [&](auto value_tag, auto reference_tag) {
+    return forward_from_offsets_typed<decltype(value_tag), decltype(reference_tag)>(
+        problem, value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
+        attention_logits, output, stream);
   });
 }
 

@@ -49,4 +49,20 @@ cudaError_t launch_backward(const Problem& problem, DataType value_type, DataTyp
                             void* grad_value_accum, void* grad_sampling_locations,
                             void* grad_attention_weights, cudaStream_t stream);
 
+// codetr::msda_from_offsets (msda.h: msda_from_offsets_composite gives the definition) in the
+// fast forward's kernel, which prepares each point's location and softmax weight as it samples:
+//   reference_points   [B, Q, L, 2]        normalised (x, y), reference_type
+//   sampling_offsets   [B, Q, M, L, P, 2]  pixels of each level, value_type
+//   attention_logits   [B, Q, M, L, P]     value_type
+// reference_type is value_type, or kFloat32 with a half-precision value_type. Returns
+// cudaErrorNotSupported, launching nothing, for a problem that kernel does not take (the
+// caller then prepares the locations and weights and calls launch_forward).
+cudaError_t launch_forward_from_offsets(const Problem& problem, DataType value_type,
+                                       DataType reference_type, const void* value,
+                                       const int64_t* spatial_shapes,
+                                       const int64_t* level_start_index,
+                                       const void* reference_points, const void* sampling_offsets,
+                                       const void* attention_logits, void* output,
+                                       cudaStream_t stream);
+
 }  // namespace codetr::msda
