@@ -20,8 +20,7 @@ import statistics
 import torch
 
 from bench_msda import CHANNELS, CO_DINO_SHAPES, HEADS, POINTS, Timer
-from codetr.ops import msda
-from codetr.ops.msda import msda_from_offsets
+from codetr.ops import msda, msda_from_offsets
 
 
 def make_inputs(batch: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:

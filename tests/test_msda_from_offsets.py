@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codetr.ops import MultiScaleDeformableAttention, msda, msda_reference, set_msda_implementation
-from codetr.ops.msda import msda_from_offsets
+from codetr.ops import MultiScaleDeformableAttention, msda, msda_from_offsets, msda_reference, set_msda_implementation
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -91,8 +90,9 @@ FAST_CASES = [
     (torch.float16, torch.float32, 16),
     (torch.bfloat16, torch.float32, 32),
 ]
-# One ulp of the output's dtype near 1, or float32 rounding of 64 products.
-FAST_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# One ulp of the output's dtype near 1; in float32, the kernel's pixel coordinates (reference *
+# W + offset - 0.5, no division) round differently from the composition's by ~W * 2^-24 pixels.
+FAST_TOLERANCE = {torch.float32: 5e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 @pytest.mark.cuda

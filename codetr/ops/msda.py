@@ -95,9 +95,10 @@ def msda_from_offsets(
     and ``attention_weights = softmax(attention_logits)`` over each (query, head)'s L*P points
     (Deformable-DETR's ``MSDeformAttn.forward`` for 2-d reference points), then :func:`msda`.
     On CUDA the fast forward (encoder-sized problems, P = 4) does this inside its sampling loop,
-    in float32 whatever the reference points' dtype (with a reciprocal and a fast exponential:
-    about 1e-6 relative from the composition), so the locations and weights, [B, Q, M, L, P]
-    each, are never written to memory; elsewhere the op runs exactly that composition.
+    in float32 whatever the reference points' dtype (pixel coordinates without the division,
+    a fast exponential: about 1e-5 relative from the composition in float32), so the locations
+    and weights, [B, Q, M, L, P] each, are never written to memory; elsewhere the op runs
+    exactly that composition.
 
     Args:
         value: [B, S, M, D] as for :func:`msda`.
@@ -171,6 +172,14 @@ def _msda_from_offsets_fake(
     torch._check(
         reference_points.dim() == 4,
         lambda: f"msda_from_offsets: reference_points must be [B, Q, L, 2], got {reference_points.shape}",
+    )
+    torch._check(
+        sampling_offsets.dim() == 6,
+        lambda: f"msda_from_offsets: sampling_offsets must be [B, Q, M, L, P, 2], got {sampling_offsets.shape}",
+    )
+    torch._check(
+        attention_logits.dim() == 5,
+        lambda: f"msda_from_offsets: attention_logits must be [B, Q, M, L, P], got {attention_logits.shape}",
     )
     _check_fake_inputs(value, spatial_shapes, level_start_index, sampling_offsets, attention_logits, 64)
     batch, _, heads, channels = value.shape

@@ -347,13 +347,12 @@ struct FastPoint {
   float scale[4];  // attention weight times bilinear weight; 0 for a corner that is not read
 };
 
-// The arithmetic of locate_corners (sampling.h) in 32 bits.
-__device__ __forceinline__ FastPoint locate_fast_point(float x, float y, float attention,
+// The arithmetic of locate_corners (sampling.h) in 32 bits, from the point's pixel coordinates
+// px = x * W - 0.5, py = y * H - 0.5 (the sources work them out).
+__device__ __forceinline__ FastPoint locate_fast_point(float px, float py, float attention,
                                                        int height, int width, int start) {
   const float height_f = static_cast<float>(height);
   const float width_f = static_cast<float>(width);
-  const float px = x * width_f - 0.5f;
-  const float py = y * height_f - 0.5f;
   // Written so that NaN fails every comparison.
   const bool inside = px > -1.0f && py > -1.0f && px < width_f && py < height_f;
   float frac_x, frac_y;
@@ -411,8 +410,9 @@ __device__ __forceinline__ void accumulate_fast_point(const T* __restrict__ row_
 
 // Where forward_fast_kernel's points come from. A source is moved to a row once
 // (start_row, called by every lane: it may shuffle within the row's aligned groups of 4 lanes),
-// then gives N consecutive points of a level, starting at point `first`, as normalised (x, y)
-// and attention weight: N = 1 (each lane of a group its own point) or N = P.
+// then gives N consecutive points of a level, starting at point `first`, as pixel coordinates
+// (px, py) = (x * W - 0.5, y * H - 0.5) and attention weight: N = 1 (each lane of a group its
+// own point) or N = P.
 //
 // GivenPoints: codetr::msda's sampling_locations and attention_weights.
 template <typename L>
@@ -427,20 +427,28 @@ struct GivenPoints {
   }
 
   template <int N>
-  __device__ __forceinline__ void load(int level, int first, float /*width*/, float /*height*/,
-                                       float (&xy)[2 * N], float (&attention)[N]) const {
-    load_aligned<L, 2 * N>(locations + (level * kFastPoints + first) * 2, xy);
+  __device__ __forceinline__ void load(int level, int first, float width, float height,
+                                       float (&pxy)[2 * N], float (&attention)[N]) const {
+    load_aligned<L, 2 * N>(locations + (level * kFastPoints + first) * 2, pxy);
     load_aligned<L, N>(weights + level * kFastPoints + first, attention);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      pxy[2 * i] = pxy[2 * i] * width - 0.5f;
+      pxy[2 * i + 1] = pxy[2 * i + 1] * height - 0.5f;
+    }
   }
 };
 
 // OffsetPoints: codetr::msda_from_offsets' inputs; the locations and the softmax are worked out
 // here as msda_from_offsets_composite (msda_from_offsets.cpp) defines them, in float32 whatever
-// the reference points' dtype: x = reference x + offset x * (1 / W_l), weight = exp(logit - row
-// max) * (1 / row sum of exp), with the fast exponential (__expf: ~2 ulp plus 2 ulp per unit of
-// |logit - max|, far below a half-precision output's rounding). Reciprocals and __expf instead of
-// divisions and expf: 1.64 -> 1.58 ms per call of the R50 package's six encoder layers (H200,
-// two runs, BENCHMARKS.md), for results within about 1e-6 relative.
+// the reference points' dtype. The pixel coordinate (reference x + offset x / W) * W - 0.5 is
+// computed as reference x * W + offset x - 0.5, without the division and its rounding; weight =
+// exp(logit - row max) * (1 / row sum of exp), with the fast exponential (__expf: ~2 ulp plus
+// 2 ulp per unit of |logit - max|, far below a half-precision output's rounding). float32
+// results are within about 1e-5 relative of the composition (9e-6 measured at encoder shapes).
+// Per call of the R50 package's six encoder layers (H200, BENCHMARKS.md): divisions and expf
+// 1.64 ms, reciprocals and __expf 1.58 ms, this form 1.55 ms; msda's kernel on prepared inputs
+// 1.44 ms plus 0.35 ms of Inductor's preparation kernels.
 template <typename T, typename R>
 struct OffsetPoints {
   const R* __restrict__ reference;  // [B, Q, L, 2]
@@ -476,19 +484,19 @@ struct OffsetPoints {
 
   template <int N>
   __device__ __forceinline__ void load(int level, int first, float width, float height,
-                                       float (&xy)[2 * N], float (&attention)[N]) const {
+                                       float (&pxy)[2 * N], float (&attention)[N]) const {
     float origin[2];
     float offset[2 * N];
     float logit[N];
     load_aligned<R, 2>(reference + 2 * level, origin);
     load_aligned<T, 2 * N>(offsets + (level * kFastPoints + first) * 2, offset);
     load_aligned<T, N>(logits + level * kFastPoints + first, logit);
-    const float inverse_width = 1.0f / width;
-    const float inverse_height = 1.0f / height;
+    const float origin_x = fmaf(origin[0], width, -0.5f);
+    const float origin_y = fmaf(origin[1], height, -0.5f);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      xy[2 * i] = fmaf(offset[2 * i], inverse_width, origin[0]);
-      xy[2 * i + 1] = fmaf(offset[2 * i + 1], inverse_height, origin[1]);
+      pxy[2 * i] = origin_x + offset[2 * i];
+      pxy[2 * i + 1] = origin_y + offset[2 * i + 1];
       attention[i] = __expf(logit[i] - max_logit) * inverse_sum;
     }
   }
@@ -533,12 +541,12 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     const int start = static_cast<int>(level_start);
     const int row_stride = width * pixel_stride;
     if constexpr (kShared) {
-      float xy[2];
+      float pxy[2];
       float attention[1];
       source.template load<1>(level, own, static_cast<float>(width), static_cast<float>(height),
-                              xy, attention);
+                              pxy, attention);
       const FastPoint mine =
-          locate_fast_point(xy[0], xy[1], attention[0], height, width, start);
+          locate_fast_point(pxy[0], pxy[1], attention[0], height, width, start);
 #pragma unroll
       for (int point = 0; point < P; ++point) {
         FastPoint shared;
@@ -550,13 +558,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
         accumulate_fast_point<T, VEC>(row_value, pixel_stride, row_stride, shared, acc);
       }
     } else {
-      float xy[2 * P];
+      float pxy[2 * P];
       float attention[P];
       source.template load<P>(level, 0, static_cast<float>(width), static_cast<float>(height),
-                              xy, attention);
+                              pxy, attention);
 #pragma unroll
       for (int point = 0; point < P; ++point) {
-        const FastPoint located = locate_fast_point(xy[2 * point], xy[2 * point + 1],
+        const FastPoint located = locate_fast_point(pxy[2 * point], pxy[2 * point + 1],
                                                     attention[point], height, width, start);
         accumulate_fast_point<T, VEC>(row_value, pixel_stride, row_stride, located, acc);
       }
