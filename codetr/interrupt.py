@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,11 +32,15 @@ def interrupt_exits() -> Iterator[None]:
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block, SIGTERM (what Slurm, Kubernetes and ``timeout`` send) raises
     KeyboardInterrupt like Ctrl-C, so a long run saves its work the same way; the previous
-    handler comes back afterwards. Main thread only (``signal.signal``)."""
+    handler comes back afterwards. In another thread the block runs unchanged (only the main
+    thread can set a signal handler)."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    if threading.current_thread() is not threading.main_thread():  # signal.signal would raise
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield

@@ -57,6 +57,27 @@ def test_sigterm_inside_terminate_as_interrupt_is_a_keyboard_interrupt() -> None
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_sigterm_while_a_command_runs_ends_it_like_ctrl_c(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Every command, not only train: export/infer/eval then clean up as they do for Ctrl-C."""
+    import os
+    import signal
+    import time
+
+    import codetr.cli.data as data_command
+    from codetr.cli import main
+
+    def terminated(args) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        return 0
+
+    monkeypatch.setattr(data_command, "run", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["data", "synthetic", "--output", "unused"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_no_option_states_its_default_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """An option whose help says its default gets no second "(default: ...)" from the formatter."""
     from codetr.cli import build_parser

@@ -166,11 +166,25 @@ def test_torch_export_keeps_one_op_node():
     torch.testing.assert_close(program.module()(*inputs.values()), run(inputs), rtol=0, atol=0)
 
 
-def test_an_input_that_requires_grad_is_refused():
+def test_an_input_that_requires_grad_is_refused_unless_grad_is_off():
     inputs = make_inputs()
     inputs["sampling_offsets"].requires_grad_(True)
     with pytest.raises(RuntimeError, match="msda_from_offsets has no gradient"):
         run(inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(run(inputs), expected_float64(inputs), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("empty", ["batch", "queries"])
+def test_empty_batch_or_queries_give_empty_output(device, empty):
+    inputs = make_inputs(device=device)
+    axis = 0 if empty == "batch" else 1
+    for name in ("value", "reference_points", "sampling_offsets", "attention_logits"):
+        if name != "value" or empty == "batch":
+            inputs[name] = inputs[name].narrow(axis, 0, 0)
+    expected_shape = (0, 5, 8) if empty == "batch" else (2, 0, 8)
+    assert run(inputs).shape == expected_shape
 
 
 def _bad(name: str, change):
@@ -190,7 +204,7 @@ BAD_INPUTS = {
     "sampling_offsets dtype": (_bad("sampling_offsets", lambda t: t.float()), "sampling_offsets must have value's dtype"),
     "attention_logits dtype": (_bad("attention_logits", lambda t: t.float()), "attention_logits must have value's dtype"),
     "reference_points dtype": (_bad("reference_points", lambda t: t.float()), "reference_points must have value's dtype"),
-    "spatial_shapes dtype": (_bad("spatial_shapes", lambda t: t.int()), "spatial_shapes must be int64"),
+    "spatial_shapes dtype": (_bad("spatial_shapes", lambda t: t.int()), "spatial_shapes must be (an )?int64"),
     "level values": (_bad("level_start_index", lambda t: t + 1), "level_start_index"),
 }
 
@@ -200,3 +214,15 @@ def test_bad_input_error_names_the_argument(case):
     corrupt, message = BAD_INPUTS[case]
     with pytest.raises(RuntimeError, match=message):
         run(corrupt(make_inputs()))
+
+
+# Level values are data, not shapes: only the kernel sees them.
+@pytest.mark.parametrize("case", [case for case in BAD_INPUTS if case != "level values"])
+def test_bad_input_is_refused_at_trace_time(case):
+    """torch.export sees the same mistakes (sizes, dtypes) as the kernel, not only ranks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    corrupt, message = BAD_INPUTS[case]
+    inputs = corrupt(make_inputs())
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+        run({name: mode.from_tensor(tensor) for name, tensor in inputs.items()})

@@ -554,6 +554,22 @@ def level_checks():
     set_msda_checks(previous)
 
 
+# What a fake tensor can tell: shapes and dtypes (values, and value's length against the
+# shapes' sum, only the kernel sees; value_int fails the kernel's dtype check alone).
+TRACE_TIME = sorted(set(BAD_INPUTS) - HOST_ONLY - {"value_int"})
+
+
+@pytest.mark.parametrize("case", TRACE_TIME)
+def test_bad_input_is_refused_at_trace_time(case, msda_inputs):
+    """torch.export checks sizes and dtypes too, so a mistake fails the export, not the run."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mutate, argument = BAD_INPUTS[case]
+    inputs = mutate(msda_inputs(dtype=torch.float32))
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=argument):
+        run_op(MsdaInputs(*(mode.from_tensor(tensor) for tensor in inputs)))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_error_names_the_argument(device, case, msda_inputs, request):

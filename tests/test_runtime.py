@@ -243,6 +243,20 @@ def test_a_truncated_artifact_is_named(tmp_path: Path, metadata_document, write,
         load_runtime(model)
 
 
+def test_an_artifact_of_another_size_than_its_export_recorded_is_named(tmp_path: Path, metadata_document) -> None:
+    """metadata.json copied from another export with the same file names: the recorded size tells."""
+    model = stand_in_onnx(tmp_path / "model.onnx")
+    size = model.stat().st_size
+    document = metadata_document()
+    document["stages"] = [{"stage": "onnx", "seconds": 1.0, "file": "model.onnx", "bytes": size + 1}]
+    write_metadata(document, tmp_path / "metadata.json")
+    with pytest.raises(ValueError, match=rf"model.onnx has {size} bytes but .*metadata.json recorded {size + 1}"):
+        load_runtime(model)
+    document["stages"][0]["bytes"] = size
+    write_metadata(document, tmp_path / "metadata.json")
+    load_runtime(model)
+
+
 def static_stand_in_onnx(path: Path, height: int, width: int) -> Path:
     """:func:`stand_in_onnx` with a static [1, 3, height, width] images input."""
     model = onnx.load(str(stand_in_onnx(path)))

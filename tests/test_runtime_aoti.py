@@ -93,6 +93,8 @@ def test_the_package_fuses_the_encoders_msda_inputs(tiny_aoti_export: Path) -> N
         targets = [node["node"]["target"] for node in json.loads(archive.read(calls))["nodes"]]
     assert targets.count("codetr::msda_from_offsets") == transformer.encoder_layers
     assert targets.count("codetr::msda") == transformer.decoder_layers
+    described = json.loads((tiny_aoti_export / "metadata.json").read_text())["aoti"]["codetr_ops"]
+    assert described == {"codetr::msda": transformer.decoder_layers, "codetr::msda_from_offsets": transformer.encoder_layers}
     onnx_model = onnx.load(tiny_aoti_export / "model.onnx", load_external_data=False)
     assert not any("from_offsets" in node.op_type for node in onnx_model.graph.node)
 

@@ -3,8 +3,8 @@
 Each subcommand is a module of this package with ``add_parser(subparsers)``, which declares its
 options, and ``run(args) -> int``. Errors a user can act on (ValueError, OSError, ImportError and
 their subclasses: a missing file, a bad option value, an optional package not installed) print one
-``error: ...`` line and exit with status 2; Ctrl-C prints ``interrupted`` and exits with 130;
-neither shows a traceback. That holds from the first import on: ``import codetr`` (torch, the
+``error: ...`` line and exit with status 2; Ctrl-C, and SIGTERM while a command runs, print
+``interrupted`` and exit with 130; neither shows a traceback. That holds from the first import on: ``import codetr`` (torch, the
 compiled ops) runs before :func:`main`, inside :func:`codetr.interrupt.interrupt_exits`.
 """
 
@@ -15,6 +15,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from codetr.interrupt import terminate_as_interrupt
 
 SUBCOMMANDS = ("export", "infer", "eval", "compare", "bench", "train", "quantize_sensitivity", "data")
 """Module names under codetr.cli, in the order ``codetr --help`` lists them."""
@@ -54,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # TensorRT-RTX's parser); only when it owns the process, not when called as a function.
         args.process_argv = list(sys.argv[1:]) if argv is None else None
         configure_logging(args.verbose)
-        return args.run(args)
+        # SIGTERM (a scheduler's or `timeout`'s stop) ends a command like Ctrl-C: training saves
+        # its run, export/infer/eval leave --output as it was and remove their staging folder.
+        with terminate_as_interrupt():
+            return args.run(args)
     except (ValueError, OSError, ImportError) as error:  # ImportError: an optional package is missing
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -262,7 +262,7 @@ def options_from_args(args: argparse.Namespace, config: Config, requested: Expor
             raise ValueError(f"--torch-tensorrt {args.torch_tensorrt}: {reason}")
     engine_requested = args.artifacts != AUTO_ARTIFACTS and Artifact.ENGINE in requested.artifacts
     if args.msda == AUTO and Artifact.ONNX not in requested.artifacts:  # the forms differ in the ONNX model only
-        choice = MsdaChoice(MsdaMode.PLUGIN, "no ONNX model requested: the PyTorch programs call torch.ops.codetr.msda")
+        choice = MsdaChoice(MsdaMode.PLUGIN, "no ONNX model requested: the PyTorch programs call codetr's ops (metadata.json 'aoti' lists a package's)")
     else:
         choice = choose_msda(args.msda, args.plugin_library, engine_requested=engine_requested)
     artifacts, skipped = _artifacts(args.artifacts, choice.mode, args.plugin_library, requested.postprocess)

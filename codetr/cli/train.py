@@ -16,7 +16,6 @@ from pathlib import Path
 
 from codetr.cli.common import CONFIG_HELP, DefaultsHelpFormatter, device_type
 from codetr.config import load_config
-from codetr.interrupt import terminate_as_interrupt
 from codetr.training.trainer import AMP_DTYPES, TrainOptions, train
 
 
@@ -109,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         time_limit=args.time_limit,
     )
-    with terminate_as_interrupt():  # a scheduler's SIGTERM saves the run like Ctrl-C
-        result = train(options)
+    result = train(options)
     if result.metrics is not None:
         print(f"val AP {result.metrics['AP']:.4f} AP50 {result.metrics['AP50']:.4f} AP75 {result.metrics['AP75']:.4f}")
     print(f"trained {result.iterations} iterations, final loss {result.final_loss:.4f}; weights in {args.output / 'latest.pth'}")

@@ -19,6 +19,8 @@ user passes the model file and nothing else. The document (format ``codetr-expor
     msda            plugin | nvidia | decomposed (the form MSDA takes in the ONNX file)
     onnx            {opset, ir_version} read back from the written file, or null
     files           artifact -> file name, for each artifact built
+    aoti            {codetr_ops: {op: calls}} of the program the AOTInductor package compiled
+                    (its encoder calls codetr::msda_from_offsets), or null
     skipped         artifact -> why it was not built
     options, stages, versions
 

@@ -122,6 +122,17 @@ def onnx_facts(path: Path) -> dict[str, int]:
     return {"opset": default_opset(model), "ir_version": int(model.ir_version)}
 
 
+def codetr_op_counts(program: ExportedProgram) -> dict[str, int]:
+    """How often the program calls each codetr op, e.g. {"codetr::msda": 6,
+    "codetr::msda_from_offsets": 6}: what the package's op library must provide."""
+    counts: dict[str, int] = {}
+    for node in program.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "codetr":
+            name = f"codetr::{node.target._opname}"
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def build_metadata(
     config: Config,
     options: ExportOptions,
@@ -132,11 +143,13 @@ def build_metadata(
     checkpoint: Path | None,
     versions: Mapping[str, str],
     partition: Partition | None = None,
+    package_program: ExportedProgram | None = None,
 ) -> dict[str, object]:
     """The metadata document (plain JSON values). ``files`` are the artifacts built (their
     names are recorded; the ONNX file is read back for its opset and IR version); every other
     artifact of the table is listed under ``skipped`` with ``options.skipped``'s reason or
-    "not requested". ``partition`` is the Torch-TensorRT compile's."""
+    "not requested". ``partition`` is the Torch-TensorRT compile's; ``package_program`` the
+    program the AOTInductor package compiled (its codetr ops are listed under ``aoti``)."""
     preprocessing = export_preprocessing(config.preprocess, options)
     skipped = {
         artifact.value: options.skipped.get(artifact, NOT_REQUESTED) for artifact in Artifact if artifact not in files
@@ -168,6 +181,7 @@ def build_metadata(
         "files": {artifact.value: path.name for artifact, path in files.items()},
         "skipped": skipped,
         "options": options.to_json(),
+        "aoti": None if package_program is None else {"codetr_ops": codetr_op_counts(package_program)},
         "torch_tensorrt": None if partition is None else {
             "mode": options.torch_tensorrt.value,
             "tensorrt_segments": partition.tensorrt_segments,

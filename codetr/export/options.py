@@ -115,8 +115,8 @@ class ExportOptions:
         if self.msda is MsdaMode.NVIDIA and Artifact.ONNX not in self.artifacts:
             raise ValueError(
                 "msda 'nvidia': NVIDIA's MultiscaleDeformableAttnPlugin_TRT is a node of the ONNX model (and of the "
-                "engine built from it), and no ONNX model is requested; the PyTorch programs call "
-                "torch.ops.codetr.msda as with 'plugin'. Add 'onnx' to the artifacts, or leave msda at its default"
+                "engine built from it), and no ONNX model is requested; the PyTorch programs call codetr's "
+                "ops as with 'plugin'. Add 'onnx' to the artifacts, or leave msda at its default"
             )
         if self.msda is MsdaMode.NVIDIA and self.dtype == torch.bfloat16:
             raise ValueError(

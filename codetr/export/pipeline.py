@@ -201,6 +201,7 @@ def _export_into(
             if quantization is not None:
                 engine_check = check_int8_engine(files[Artifact.ONNX], build.log)
 
+    package_program = None
     if Artifact.AOTI in options.artifacts:
         with stages.stage("aoti package") as record:
             record.path = files[Artifact.AOTI] = path_of(Artifact.AOTI)
@@ -230,7 +231,7 @@ def _export_into(
         record.path = metadata_path
         document = build_metadata(
             config, options, program, files=files, stages=stages.to_json(), checkpoint=checkpoint,
-            versions=versions, partition=partition,
+            versions=versions, partition=partition, package_program=package_program,
         )
         if quantization is not None:
             document["quantization"] = {**quantization.to_json(), "engine": engine_check}

@@ -151,6 +151,38 @@ def _check_fake_inputs(
         attention_weights.dim() == 5,
         lambda: f"msda: attention_weights must be [B, Q, M, L, P], got {attention_weights.shape}",
     )
+    batch, _, heads, _ = value.shape
+    levels, queries, points = spatial_shapes.shape[0], sampling_locations.shape[1], sampling_locations.shape[4]
+    _check_fake_shape("msda", "spatial_shapes", spatial_shapes, (levels, 2))
+    _check_fake_shape("msda", "level_start_index", level_start_index, (levels,))
+    _check_fake_shape("msda", "sampling_locations", sampling_locations, (batch, queries, heads, levels, points, 2))
+    _check_fake_shape("msda", "attention_weights", attention_weights, (batch, queries, heads, levels, points))
+    half_value = value.dtype in (torch.float16, torch.bfloat16)
+    torch._check(
+        sampling_locations.dtype == value.dtype or (half_value and sampling_locations.dtype == torch.float32),
+        lambda: f"msda: sampling_locations must have value's dtype ({value.dtype})"
+        f"{' or float32' if half_value else ''}, got {sampling_locations.dtype}",
+    )
+    torch._check(
+        attention_weights.dtype == sampling_locations.dtype,
+        lambda: f"msda: attention_weights must have sampling_locations' dtype ({sampling_locations.dtype}), "
+        f"got {attention_weights.dtype}",
+    )
+    for name, tensor in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index),
+                         ("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
+        torch._check(
+            tensor.device == value.device,
+            lambda: f"msda: {name} must be on value's device ({value.device}), got {tensor.device}",
+        )
+
+
+def _check_fake_shape(op: str, name: str, tensor: torch.Tensor, expected: tuple) -> None:
+    """Each size of ``tensor`` equals ``expected`` (symbolic sizes: a guard, as export wants)."""
+    for size, wanted in zip(tensor.shape, expected, strict=True):
+        torch._check(
+            size == wanted,
+            lambda: f"{op}: {name} must be {[str(e) for e in expected]}, got {list(tensor.shape)}",
+        )
 
 
 @torch.library.register_fake("codetr::msda")
@@ -181,9 +213,29 @@ def _msda_from_offsets_fake(
         attention_logits.dim() == 5,
         lambda: f"msda_from_offsets: attention_logits must be [B, Q, M, L, P], got {attention_logits.shape}",
     )
+    batch, _, heads, _ = value.shape
+    levels, queries, points = spatial_shapes.shape[0], sampling_offsets.shape[1], sampling_offsets.shape[4]
+    op = "msda_from_offsets"
+    _check_fake_shape(op, "sampling_offsets", sampling_offsets, (batch, queries, heads, levels, points, 2))
+    _check_fake_shape(op, "attention_logits", attention_logits, (batch, queries, heads, levels, points))
+    _check_fake_shape(op, "reference_points", reference_points, (batch, queries, levels, 2))
+    for name, tensor in (("sampling_offsets", sampling_offsets), ("attention_logits", attention_logits)):
+        torch._check(
+            tensor.dtype == value.dtype,
+            lambda: f"{op}: {name} must have value's dtype ({value.dtype}), got {tensor.dtype}",
+        )
+    torch._check(
+        reference_points.device == value.device,
+        lambda: f"{op}: reference_points must be on value's device ({value.device}), got {reference_points.device}",
+    )
+    half_value = value.dtype in (torch.float16, torch.bfloat16)
+    torch._check(
+        reference_points.dtype == value.dtype or (half_value and reference_points.dtype == torch.float32),
+        lambda: f"{op}: reference_points must have value's dtype ({value.dtype})"
+        f"{' or float32' if half_value else ''}, got {reference_points.dtype}",
+    )
     _check_fake_inputs(value, spatial_shapes, level_start_index, sampling_offsets, attention_logits, 64)
-    batch, _, heads, channels = value.shape
-    return value.new_empty((batch, sampling_offsets.shape[1], heads * channels))
+    return value.new_empty((batch, queries, heads * value.shape[3]))
 
 
 @torch.library.register_fake("codetr::msda_backward")

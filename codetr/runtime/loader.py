@@ -39,4 +39,24 @@ def load_runtime(path: str | Path, **options) -> Runtime:
 
 def _metadata_beside(path: Path) -> ExportMetadata | None:
     metadata_path = metadata_path_for(path)
-    return read_metadata(metadata_path) if metadata_path.is_file() else None
+    if not metadata_path.is_file():
+        return None
+    metadata = read_metadata(metadata_path)
+    _check_exported_size(metadata, path)
+    return metadata
+
+
+def _check_exported_size(metadata: ExportMetadata, path: Path) -> None:
+    """ValueError unless ``path`` has the size its export's stage recorded (metadata.json
+    ``stages``): a file changed since, or a metadata.json copied from another export with the same
+    file names, would otherwise be described wrongly (dtype, sizes, classes)."""
+    for stage in metadata.document.get("stages", ()):
+        recorded = stage.get("bytes")
+        if stage.get("file") == path.name and recorded is not None and path.is_file():
+            size = path.stat().st_size
+            if size != recorded:
+                raise ValueError(
+                    f"{path} has {size} bytes but {metadata.path} recorded {recorded} when it was exported: "
+                    "the file was changed (truncated, or replaced by another export's) or the metadata.json "
+                    "was copied from another export; keep each export's files together, or re-export"
+                )

@@ -4,6 +4,7 @@
 // the same inside its sampling loop (msda_cuda.cpp), so no [B, Q, M, L, P] tensor is written
 // and read back. Inference only: the op has no gradient (the layer's training path calls msda).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -42,14 +43,16 @@ at::Tensor msda_from_offsets_cpu(const at::Tensor& value, const at::Tensor& spat
       attention_logits));
 }
 
-// Refuses to record a graph: there is no backward, and a silent zero gradient would train wrong.
+// Refuses to record a graph (grad mode on and an input requiring grad): there is no backward,
+// and a silent zero gradient would train wrong.
 at::Tensor msda_from_offsets_autograd(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                       const at::Tensor& level_start_index,
                                       const at::Tensor& reference_points,
                                       const at::Tensor& sampling_offsets,
                                       const at::Tensor& attention_logits) {
-  TORCH_CHECK(!(value.requires_grad() || reference_points.requires_grad() ||
-                sampling_offsets.requires_grad() || attention_logits.requires_grad()),
+  TORCH_CHECK(!at::GradMode::is_enabled() ||
+                  !(value.requires_grad() || reference_points.requires_grad() ||
+                    sampling_offsets.requires_grad() || attention_logits.requires_grad()),
               "msda_from_offsets has no gradient (it is for inference); use msda for training, "
               "or call it under torch.no_grad()");
   static auto op = c10::Dispatcher::singleton()
@@ -125,7 +128,8 @@ at::Tensor msda_from_offsets_composite(const OffsetInputs& in) {
       in.reference_points.view({sz.batch, sz.num_queries, 1, sz.num_levels, 1, 2}) +
       in.sampling_offsets.to(location_type) / normalizer;
   const auto weights = in.attention_logits.to(location_type)
-                           .view({sz.batch, sz.num_queries, sz.num_heads, -1})
+                           .view({sz.batch, sz.num_queries, sz.num_heads,
+                                  sz.num_levels * sz.num_points})
                            .softmax(-1)
                            .view({sz.batch, sz.num_queries, sz.num_heads, sz.num_levels,
                                   sz.num_points});
