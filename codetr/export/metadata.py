@@ -128,8 +128,7 @@ def codetr_op_counts(program: ExportedProgram) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in program.graph.nodes:
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "codetr":
-            name = f"codetr::{node.target._opname}"
-            counts[name] = counts.get(name, 0) + 1
+            counts[node.target.name()] = counts.get(node.target.name(), 0) + 1
     return dict(sorted(counts.items()))
 
 

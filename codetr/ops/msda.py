@@ -124,56 +124,57 @@ def _check_fake_inputs(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
     level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
+    samples: torch.Tensor,
+    weights: torch.Tensor,
     im2col_step: int,
+    op: str = "msda",
+    names: tuple[str, str] = ("sampling_locations", "attention_weights"),
 ) -> None:
-    # The kernels check everything; at trace time only what a fake tensor can tell is checked,
-    # so that shape errors surface while exporting instead of at run time.
-    torch._check(im2col_step > 0, lambda: f"msda: im2col_step must be positive, got {im2col_step}")
-    torch._check(value.dim() == 4, lambda: f"msda: value must be [B, S, M, D], got {value.shape}")
+    """Trace-time checks of msda's inputs (and msda_from_offsets', whose offsets and logits stand
+    where the locations and weights do: ``op`` and ``names`` name them in the errors)."""
+    # The kernels check everything; at trace time only what a fake tensor can tell is checked
+    # (ranks, sizes, dtypes, devices), so that mistakes surface while exporting instead of at run time.
+    samples_name, weights_name = names
+    torch._check(im2col_step > 0, lambda: f"{op}: im2col_step must be positive, got {im2col_step}")
+    torch._check(value.dim() == 4, lambda: f"{op}: value must be [B, S, M, D], got {value.shape}")
     torch._check(
         spatial_shapes.dim() == 2 and spatial_shapes.dtype == torch.int64,
-        lambda: f"msda: spatial_shapes must be an int64 [L, 2], got {spatial_shapes.dtype} "
+        lambda: f"{op}: spatial_shapes must be an int64 [L, 2], got {spatial_shapes.dtype} "
         f"{spatial_shapes.shape}",
     )
     torch._check(
         level_start_index.dim() == 1 and level_start_index.dtype == torch.int64,
-        lambda: f"msda: level_start_index must be an int64 [L], got {level_start_index.dtype} "
+        lambda: f"{op}: level_start_index must be an int64 [L], got {level_start_index.dtype} "
         f"{level_start_index.shape}",
     )
-    torch._check(
-        sampling_locations.dim() == 6,
-        lambda: f"msda: sampling_locations must be [B, Q, M, L, P, 2], got "
-        f"{sampling_locations.shape}",
-    )
-    torch._check(
-        attention_weights.dim() == 5,
-        lambda: f"msda: attention_weights must be [B, Q, M, L, P], got {attention_weights.shape}",
-    )
+    torch._check(samples.dim() == 6, lambda: f"{op}: {samples_name} must be [B, Q, M, L, P, 2], got {samples.shape}")
+    torch._check(weights.dim() == 5, lambda: f"{op}: {weights_name} must be [B, Q, M, L, P], got {weights.shape}")
     batch, _, heads, _ = value.shape
-    levels, queries, points = spatial_shapes.shape[0], sampling_locations.shape[1], sampling_locations.shape[4]
-    _check_fake_shape("msda", "spatial_shapes", spatial_shapes, (levels, 2))
-    _check_fake_shape("msda", "level_start_index", level_start_index, (levels,))
-    _check_fake_shape("msda", "sampling_locations", sampling_locations, (batch, queries, heads, levels, points, 2))
-    _check_fake_shape("msda", "attention_weights", attention_weights, (batch, queries, heads, levels, points))
-    half_value = value.dtype in (torch.float16, torch.bfloat16)
+    levels, queries, points = spatial_shapes.shape[0], samples.shape[1], samples.shape[4]
+    _check_fake_shape(op, "spatial_shapes", spatial_shapes, (levels, 2))
+    _check_fake_shape(op, "level_start_index", level_start_index, (levels,))
+    _check_fake_shape(op, samples_name, samples, (batch, queries, heads, levels, points, 2))
+    _check_fake_shape(op, weights_name, weights, (batch, queries, heads, levels, points))
     torch._check(
-        sampling_locations.dtype == value.dtype or (half_value and sampling_locations.dtype == torch.float32),
-        lambda: f"msda: sampling_locations must have value's dtype ({value.dtype})"
-        f"{' or float32' if half_value else ''}, got {sampling_locations.dtype}",
-    )
-    torch._check(
-        attention_weights.dtype == sampling_locations.dtype,
-        lambda: f"msda: attention_weights must have sampling_locations' dtype ({sampling_locations.dtype}), "
-        f"got {attention_weights.dtype}",
+        weights.dtype == samples.dtype,
+        lambda: f"{op}: {weights_name} must have {samples_name}' dtype ({samples.dtype}), got {weights.dtype}",
     )
     for name, tensor in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index),
-                         ("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
+                         (samples_name, samples), (weights_name, weights)):
         torch._check(
             tensor.device == value.device,
-            lambda: f"msda: {name} must be on value's device ({value.device}), got {tensor.device}",
+            lambda: f"{op}: {name} must be on value's device ({value.device}), got {tensor.device}",
         )
+
+
+def _check_fake_location_dtype(op: str, name: str, tensor: torch.Tensor, value: torch.Tensor) -> None:
+    """Locations (and reference points) have value's dtype, or float32 with a half-precision value."""
+    half_value = value.dtype in (torch.float16, torch.bfloat16)
+    torch._check(
+        tensor.dtype == value.dtype or (half_value and tensor.dtype == torch.float32),
+        lambda: f"{op}: {name} must have value's dtype ({value.dtype}){' or float32' if half_value else ''}, "
+        f"got {tensor.dtype}",
+    )
 
 
 def _check_fake_shape(op: str, name: str, tensor: torch.Tensor, expected: tuple) -> None:
@@ -192,6 +193,7 @@ def _msda_fake(
     _check_fake_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
     )
+    _check_fake_location_dtype("msda", "sampling_locations", sampling_locations, value)
     batch, _, heads, channels = value.shape
     queries = sampling_locations.shape[1]
     return value.new_empty((batch, queries, heads * channels))
@@ -201,40 +203,27 @@ def _msda_fake(
 def _msda_from_offsets_fake(
     value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits
 ):
-    torch._check(
-        reference_points.dim() == 4,
-        lambda: f"msda_from_offsets: reference_points must be [B, Q, L, 2], got {reference_points.shape}",
-    )
-    torch._check(
-        sampling_offsets.dim() == 6,
-        lambda: f"msda_from_offsets: sampling_offsets must be [B, Q, M, L, P, 2], got {sampling_offsets.shape}",
-    )
-    torch._check(
-        attention_logits.dim() == 5,
-        lambda: f"msda_from_offsets: attention_logits must be [B, Q, M, L, P], got {attention_logits.shape}",
-    )
-    batch, _, heads, _ = value.shape
-    levels, queries, points = spatial_shapes.shape[0], sampling_offsets.shape[1], sampling_offsets.shape[4]
     op = "msda_from_offsets"
-    _check_fake_shape(op, "sampling_offsets", sampling_offsets, (batch, queries, heads, levels, points, 2))
-    _check_fake_shape(op, "attention_logits", attention_logits, (batch, queries, heads, levels, points))
-    _check_fake_shape(op, "reference_points", reference_points, (batch, queries, levels, 2))
     for name, tensor in (("sampling_offsets", sampling_offsets), ("attention_logits", attention_logits)):
         torch._check(
             tensor.dtype == value.dtype,
             lambda: f"{op}: {name} must have value's dtype ({value.dtype}), got {tensor.dtype}",
         )
+    _check_fake_inputs(
+        value, spatial_shapes, level_start_index, sampling_offsets, attention_logits, 64,
+        op=op, names=("sampling_offsets", "attention_logits"),
+    )
+    torch._check(
+        reference_points.dim() == 4,
+        lambda: f"{op}: reference_points must be [B, Q, L, 2], got {reference_points.shape}",
+    )
+    batch, queries, heads, levels = sampling_offsets.shape[:4]
+    _check_fake_shape(op, "reference_points", reference_points, (batch, queries, levels, 2))
+    _check_fake_location_dtype(op, "reference_points", reference_points, value)
     torch._check(
         reference_points.device == value.device,
         lambda: f"{op}: reference_points must be on value's device ({value.device}), got {reference_points.device}",
     )
-    half_value = value.dtype in (torch.float16, torch.bfloat16)
-    torch._check(
-        reference_points.dtype == value.dtype or (half_value and reference_points.dtype == torch.float32),
-        lambda: f"{op}: reference_points must have value's dtype ({value.dtype})"
-        f"{' or float32' if half_value else ''}, got {reference_points.dtype}",
-    )
-    _check_fake_inputs(value, spatial_shapes, level_start_index, sampling_offsets, attention_logits, 64)
     return value.new_empty((batch, queries, heads * value.shape[3]))
 
 
