@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -59,9 +60,27 @@ def check_writable_file(
         raise FileNotFoundError(f"{argument} {path}: folder {folder} does not exist")
     if not folder.is_dir():
         raise NotADirectoryError(f"{argument} {path}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{argument} {path}: folder {folder} is not writable")
+    refusal = _write_refusal(folder)
+    if refusal is not None:
+        raise PermissionError(f"{argument} {path}: folder {folder} is not writable{refusal}")
     return path
+
+
+def _write_refusal(folder: Path) -> str | None:
+    """None if a new entry can be made in the existing folder ``folder``; else the reason, as a
+    message suffix ("" for what the permission bits say, " (<OS error>)" for what a try found).
+
+    The permission bits alone miss what root meets: root passes ``os.access`` everywhere, yet
+    cannot create files in /proc, /sys or on a read-only mount. So an empty folder is made and
+    removed at once, and its failure named here rather than after a long run.
+    """
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return ""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".codetr-write-check-", dir=folder))
+    except OSError as error:
+        return f" ({error.strerror or error})"
+    return None
 
 
 def check_replaceable_dir(
@@ -74,8 +93,9 @@ def check_replaceable_dir(
     replaceable_name: str = "",
     overwrite_replaces: str = "that folder and everything in it",
 ) -> Path:
-    """Raise, creating nothing, unless :func:`atomic_dir` can write a run to ``path`` and swap it
-    in whole; return ``path`` made absolute.
+    """Raise, creating nothing (an empty folder tried in the nearest existing parent is removed at
+    once), unless :func:`atomic_dir` can write a run to ``path`` and swap it in whole; return
+    ``path`` made absolute.
 
     ``path`` must be missing or an empty folder, or a non-empty one that ``replaceable`` accepts
     (what the command itself writes, e.g. an earlier export; described as ``replaceable_name`` in
@@ -106,10 +126,11 @@ def check_replaceable_dir(
     existing = next(folder for folder in absolute.parents if folder.exists())
     if not existing.is_dir():
         raise NotADirectoryError(f"{argument}: cannot create directory {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    refusal = _write_refusal(existing)
+    if refusal is not None:
         if absolute.exists():  # the new run is built beside it and swapped in
-            raise PermissionError(f"{argument}: cannot replace {path}: its folder {existing} is not writable")
-        raise PermissionError(f"{argument}: cannot create directory {path}: {existing} is not writable")
+            raise PermissionError(f"{argument}: cannot replace {path}: its folder {existing} is not writable{refusal}")
+        raise PermissionError(f"{argument}: cannot create directory {path}: {existing} is not writable{refusal}")
     return absolute
 
 

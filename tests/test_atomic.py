@@ -107,6 +107,22 @@ def test_a_read_only_parent_is_refused(tmp_path: Path, monkeypatch) -> None:
     assert tree(tmp_path) == ["read_only", "read_only/old"]
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_a_folder_no_one_can_write_into_is_refused_before_any_work() -> None:
+    # /proc passes os.access for root yet refuses new entries: only trying to create one tells.
+    with pytest.raises(PermissionError, match=re.escape("--output: cannot create directory /proc/codetr-run: /proc is not "
+                                                        "writable (")):
+        check_replaceable_dir(Path("/proc/codetr-run"), False, argument="--output")
+    with pytest.raises(PermissionError, match=re.escape("--json /proc/results.json: folder /proc is not writable (")):
+        check_writable_file(Path("/proc/results.json"), argument="--json")
+
+
+def test_the_write_check_leaves_nothing_behind(tmp_path: Path) -> None:
+    check_replaceable_dir(tmp_path / "new" / "out", False, argument="--output")
+    check_writable_file(tmp_path / "results.json", argument="--json")
+    assert tree(tmp_path) == []
+
+
 def test_writable_file_checks_name_the_option(tmp_path: Path) -> None:
     (tmp_path / "exp").mkdir()
     (tmp_path / "a_file").write_text("")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -579,6 +580,22 @@ def test_bad_input_error_names_the_argument(device, case, msda_inputs, request):
     inputs = mutate(msda_inputs(device=device).to(torch.float32))
     with pytest.raises(ERRORS, match=argument):
         run_op(inputs)
+
+
+@pytest.mark.parametrize("argument", MsdaInputs._fields)
+def test_an_argument_that_is_not_a_tensor_is_named(argument, msda_inputs):
+    inputs = msda_inputs(dtype=torch.float32)._replace(**{argument: None})
+    with pytest.raises(TypeError, match=f"^msda: {argument} must be a torch.Tensor, got NoneType$"):
+        run_op(inputs)
+
+
+def test_reference_refuses_a_value_length_that_is_not_the_levels_sum(msda_inputs):
+    inputs = msda_inputs(dtype=torch.float32)
+    shapes = [tuple(pair) for pair in inputs.spatial_shapes.tolist()]
+    total = sum(h * w for h, w in shapes)
+    with pytest.raises(RuntimeError, match=re.escape(f"value has S = {total - 1} rows but spatial_shapes {shapes} give "
+                                                     f"sum(H*W) = {total}")):
+        msda_reference(inputs.value[:, :-1], inputs.spatial_shapes, inputs.sampling_locations, inputs.attention_weights)
 
 
 def _error_message(inputs: MsdaInputs) -> str:

@@ -71,10 +71,12 @@ def msda(
     float32 (float64). With a float16/bfloat16 value, sampling_locations and attention_weights
     may stay float32, which keeps sub-pixel precision on large maps.
 
-    Raises RuntimeError naming the argument for wrong ranks, sizes, dtypes or devices, and for
-    level values that do not fit ``value`` (always on CPU; on CUDA with :func:`set_msda_checks`,
-    else such a level reads as zeros).
+    Raises TypeError naming an argument that is not a tensor; RuntimeError naming the argument
+    for wrong ranks, sizes, dtypes or devices, and for level values that do not fit ``value``
+    (always on CPU; on CUDA with :func:`set_msda_checks`, else such a level reads as zeros).
     """
+    _require_tensors("msda", value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                     sampling_locations=sampling_locations, attention_weights=attention_weights)
     return torch.ops.codetr.msda(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
     )
@@ -112,12 +114,24 @@ def msda_from_offsets(
     Returns:
         [B, Q, M*D] in value's dtype.
 
-    Raises RuntimeError naming the argument for wrong ranks, sizes, dtypes or devices, and when
-    an input requires a gradient: the op has no backward (training calls :func:`msda`).
+    Raises TypeError naming an argument that is not a tensor; RuntimeError naming the argument
+    for wrong ranks, sizes, dtypes or devices, and when an input requires a gradient: the op has
+    no backward (training calls :func:`msda`).
     """
+    _require_tensors("msda_from_offsets", value=value, spatial_shapes=spatial_shapes,
+                     level_start_index=level_start_index, reference_points=reference_points,
+                     sampling_offsets=sampling_offsets, attention_logits=attention_logits)
     return torch.ops.codetr.msda_from_offsets(
         value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits
     )
+
+
+def _require_tensors(op: str, **arguments: object) -> None:
+    """TypeError naming the first of ``arguments`` that is not a tensor (the dispatcher would say
+    only "tensor does not have a device", naming none)."""
+    for name, given in arguments.items():
+        if not isinstance(given, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(given).__name__}")
 
 
 def _check_fake_inputs(

@@ -32,9 +32,16 @@ def msda_reference(
     value [B, S, M, D]; sampling_locations [B, Q, M, L, P, 2] as normalised (x, y);
     attention_weights [B, Q, M, L, P]; returns [B, Q, M*D] in value's dtype.
     The arithmetic runs in the wider of value's and sampling_locations' dtypes, so float32
-    locations keep their precision when value is float16 or bfloat16.
+    locations keep their precision when value is float16 or bfloat16. Raises RuntimeError when
+    S is not the sum of the levels' H*W.
     """
     shapes = as_shape_list(spatial_shapes)
+    total = sum(height * width for height, width in shapes)
+    # torch._check, not an if: with symbolic sizes (torch.export) it is a shape assertion, not a guard.
+    torch._check(
+        value.shape[1] == total,
+        lambda: f"msda_reference: value has S = {value.shape[1]} rows but spatial_shapes {shapes} give sum(H*W) = {total}",
+    )
     batch, _, heads, channels = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     compute_dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
