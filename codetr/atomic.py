@@ -190,7 +190,11 @@ def _swap_in(staging: Path, path: Path) -> None:
         os.replace(staging, path)
         return
     replaced = path.with_name(f".{path.name}.replaced-{os.getpid()}")
-    os.replace(path, replaced)
+    try:
+        os.replace(path, replaced)
+    except OSError as error:  # e.g. an immutable folder (chattr +i), which no permission bit shows
+        raise OSError(error.errno, f"cannot replace {path} with the finished run ({error.strerror}); "
+                                   f"{path} was left as it was and the new run discarded") from error
     try:
         os.replace(staging, path)
     except BaseException:

@@ -36,13 +36,29 @@ def _first_file(folders: list[Path], patterns: tuple[str, ...]) -> Path | None:
     return None
 
 
+NLOHMANN_JSON_PREFIXES = (THIRD_PARTY / "nlohmann_json" / "usr", Path("/usr/local"), Path("/usr"))
+"""Where nlohmann_json's CMake package is looked for: scripts/fetch_cpp_deps.sh's, then the system's."""
+
+
+def find_nlohmann_json() -> Path | None:
+    """The first of :data:`NLOHMANN_JSON_PREFIXES` holding nlohmann_json's CMake package
+    (``share/cmake/nlohmann_json`` or ``lib*/cmake/nlohmann_json``, as Debian and the upstream
+    install put it), or None."""
+    for prefix in NLOHMANN_JSON_PREFIXES:
+        if _first_file([prefix / "share" / "cmake", *sorted(prefix.glob("lib*/cmake")), *sorted(prefix.glob("lib/*/cmake"))],
+                       ("nlohmann_json/nlohmann_jsonConfig.cmake",)):
+            return prefix
+    return None
+
+
 def cmake_arguments(cuda: bool) -> list[str]:
     """CMake -D arguments for cpp/: the installed torch, nlohmann_json, CUDA and TensorRT hints."""
     import torch
 
     prefixes = [torch.utils.cmake_prefix_path]
-    if (THIRD_PARTY / "nlohmann_json" / "usr").is_dir():
-        prefixes.append(str(THIRD_PARTY / "nlohmann_json" / "usr"))
+    nlohmann_json = find_nlohmann_json()
+    if nlohmann_json is not None:
+        prefixes.append(str(nlohmann_json))
     arguments = [f"-DCMAKE_PREFIX_PATH={';'.join(prefixes)}", f"-DCODETR_WITH_CUDA={'ON' if cuda else 'OFF'}"]
     if torch.version.cuda:
         cuda_home = find_cuda_home()

@@ -13,3 +13,8 @@ python3 -m pip install --no-build-isolation -e ".[test,int8]"
 torch_minor=$(python3 -c "import torch; print('.'.join(torch.__version__.split('.')[:2]))")
 python3 -m pip install --no-deps "torch-tensorrt-rtx==${torch_minor}.*" ||
   echo "codetr: no torch-tensorrt-rtx for torch ${torch_minor}; its tests will skip"
+
+# The C++ runner's one header-only dependency, into the ignored third_party/ (its tests skip
+# without it).
+bash scripts/fetch_cpp_deps.sh ||
+  echo "codetr: could not fetch nlohmann_json; the C++ runner tests will skip"

@@ -1,15 +1,16 @@
-"""codetr.atomic.check_replaceable_dir: the one check of an output folder that atomic_dir replaces
+"""codetr.atomic: check_replaceable_dir, the one check of an output folder that atomic_dir replaces
 whole (used by export, infer, eval and data synthetic). Each case checks that nothing was created."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from codetr.atomic import check_replaceable_dir, check_writable_file
+from codetr.atomic import atomic_dir, check_replaceable_dir, check_writable_file
 
 OVERWRITE_HINT = "choose a new or empty folder, or pass --overwrite to replace that folder and everything in it"
 
@@ -121,6 +122,26 @@ def test_the_write_check_leaves_nothing_behind(tmp_path: Path) -> None:
     check_replaceable_dir(tmp_path / "new" / "out", False, argument="--output")
     check_writable_file(tmp_path / "results.json", argument="--json")
     assert tree(tmp_path) == []
+
+
+def test_a_folder_that_cannot_be_moved_aside_is_named_and_left_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    # What an immutable folder (chattr +i) does at the swap; no permission bit shows it before.
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "old.txt").write_text("old")
+    replace = os.replace
+
+    def refuse_to_move_output(source, target):
+        if Path(source) == output:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", refuse_to_move_output)
+    with pytest.raises(OSError, match=re.escape(f"cannot replace {output} with the finished run (Operation not "
+                                                f"permitted); {output} was left as it was and the new run discarded")):
+        with atomic_dir(output) as staging:
+            (staging / "new.txt").write_text("new")
+    assert tree(tmp_path) == ["out", "out/old.txt"]
 
 
 def test_writable_file_checks_name_the_option(tmp_path: Path) -> None:

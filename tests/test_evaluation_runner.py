@@ -98,8 +98,9 @@ def test_two_gloo_processes_give_the_single_process_ap(tmp_path: Path, tiny_coco
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    # fork: the children need no fresh interpreter (spawn re-imports torch and pytest: ~20 s)
-    mp.start_processes(_distributed_worker, args=(2, port, tiny_predictor, tiny_coco, tmp_path), nprocs=2, start_method="fork")
+    # spawn, not fork: a forked child inherits whatever lock another thread of this process held
+    # (torch's, the logging module's) and can wait on it forever; CI hung so once.
+    mp.start_processes(_distributed_worker, args=(2, port, tiny_predictor, tiny_coco, tmp_path), nprocs=2, start_method="spawn")
     results, metrics, stats = pickle.loads((tmp_path / "rank0.pkl").read_bytes())
     expected_results, expected_metrics, _ = single_process
     assert results == expected_results
