@@ -17,7 +17,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from codetr_build.cuda_toolkit import find_cuda_home
@@ -66,8 +65,9 @@ def cmake_arguments(cuda: bool) -> list[str]:
             raise RuntimeError("torch is a CUDA build: its CMake package needs a CUDA toolkit (set CUDA_HOME)")
         arguments.append(f"-DCUDA_TOOLKIT_ROOT_DIR={cuda_home}")
         if _first_file([cuda_home / "lib64", cuda_home / "lib"], ("libnvrtc.so",)) is None:
-            # The nvidia-cuda-nvrtc wheel torch depends on (nvidia/cu13/lib, nvidia/cuda_nvrtc/lib).
-            nvidia = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
+            # The nvidia-cuda-nvrtc wheel torch depends on (nvidia/cu13/lib, nvidia/cuda_nvrtc/lib),
+            # installed beside torch: in a --system-site-packages venv that is not the venv's purelib.
+            nvidia = Path(torch.__file__).parent.parent / "nvidia"
             nvrtc = _first_file(sorted(nvidia.glob("*/lib")), ("libnvrtc.so", "libnvrtc.so.[0-9]*"))
             if nvrtc:
                 arguments.append(f"-DCUDA_nvrtc_LIBRARY={nvrtc}")

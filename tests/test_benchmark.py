@@ -97,6 +97,15 @@ def test_profile_without_a_gpu_is_refused(capsys) -> None:
     assert error.startswith("error: --profile records CUDA kernels") and "Traceback" not in error
 
 
+def test_a_truncated_package_is_named_not_a_traceback(tiny_aoti_export: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "metadata.json").write_bytes((tiny_aoti_export / "metadata.json").read_bytes())
+    package = tmp_path / "model_aoti.pt2"
+    package.write_bytes((tiny_aoti_export / "model_aoti.pt2").read_bytes()[:10_000])
+    assert main(["bench", str(package), "--iterations", "1", "--warmup", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {package}: not an AOTInductor package (not a zip archive); was it fully written?\n"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_profile_of_the_tiny_model_on_the_gpu(tmp_path: Path, capsys) -> None:
     document = tmp_path / "bench.json"

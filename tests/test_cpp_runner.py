@@ -190,7 +190,7 @@ def test_cpp_runner_matches_python(codetr_infer: Path, package: Path, images: Pa
         {"id": 3, "file_name": "c_square.ppm", "height": 60, "width": 60},
     ]
     for name, (height, width) in IMAGES.items():
-        drawn = np.asarray(Image.open(output / (Path(name).stem + ".png")))
+        drawn = np.asarray(Image.open(output / (name + ".png")))
         assert drawn.shape == (height, width, 3)
         image_id = next(entry["id"] for entry in entries if entry["file_name"] == name)
         box = next((entry["bbox"] for entry in found if entry["image_id"] == image_id), None)
@@ -220,6 +220,51 @@ def test_cpp_runner_errors_name_the_problem(codetr_infer: Path, images: Path, tm
     run = subprocess.run([str(codetr_infer), str(model), str(images), "--output", str(tmp_path / "out")],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "postprocess.mode nms needs input.batch_size 1" in run.stderr
+
+
+def test_cpp_runner_output_folder_and_unreadable_images(codetr_infer: Path, package: Path, images: Path,
+                                                         tmp_path: Path) -> None:
+    """As `codetr infer`: --output must be new or empty (or --overwrite), is never a folder holding
+    the inputs, and is swapped in whole; an unreadable image is named and skipped (status 1); a
+    package whose size differs from what metadata.json recorded is refused."""
+    document = metadata_document(VARIANTS["config"])[0]
+    write_metadata(document, package.parent / METADATA_NAME)
+
+    def infer(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(codetr_infer), str(package), *arguments, "--no-draw"],
+                              capture_output=True, text=True, timeout=300)
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "earlier.txt").write_text("kept")
+    run = infer(str(images), "--output", str(output))
+    assert run.returncode == 2 and f"--output {output} is not empty (holds earlier.txt)" in run.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"] and (output / "earlier.txt").exists()
+
+    run = infer(str(images), "--output", str(images), "--overwrite")
+    assert run.returncode == 2 and f"--output {images} holds the input {images}" in run.stderr
+    assert sorted(path.name for path in images.iterdir()) == sorted(IMAGES)
+
+    with_broken = tmp_path / "with_broken"
+    with_broken.mkdir()
+    for name in IMAGES:
+        (with_broken / name).write_bytes((images / name).read_bytes())
+    (with_broken / "broken.png").write_bytes(b"\x89PNG not really")
+    run = infer(str(with_broken), "--output", str(output), "--overwrite")
+    assert run.returncode == 1 and f"cannot decode image {with_broken / 'broken.png'}" in run.stderr
+    assert sorted(path.name for path in output.iterdir()) == ["images.json", "results.json"]
+    assert [entry["file_name"] for entry in json.loads((output / "images.json").read_text())] == sorted(IMAGES)
+
+    for threshold in ("nan", "1.5", "0.5x"):
+        run = infer(str(images), "--output", str(tmp_path / "unused"), "--score-threshold", threshold)
+        assert run.returncode == 2 and "--score-threshold must be" in run.stderr and threshold in run.stderr
+
+    document["stages"] = [{"stage": "aoti package", "seconds": 1.0, "file": package.name,
+                           "bytes": package.stat().st_size + 1}]
+    write_metadata(document, package.parent / METADATA_NAME)
+    run = infer(str(images), "--output", str(tmp_path / "unused"))
+    assert run.returncode == 2 and f"{package} has {package.stat().st_size} bytes but" in run.stderr
+    assert not (tmp_path / "unused").exists()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 
 from codetr.config import load_config
 from codetr.contract.artifacts import Artifact
-from codetr.contract.metadata import ExportMetadata, parse_metadata, write_metadata
+from codetr.contract.metadata import ExportMetadata, file_sha256, parse_metadata, write_metadata
 from codetr.models import build_model
 from codetr.runtime import load_runtime
 from codetr.runtime.base import check_inputs, resolve_device
@@ -255,6 +255,22 @@ def test_an_artifact_of_another_size_than_its_export_recorded_is_named(tmp_path:
     document["stages"][0]["bytes"] = size
     write_metadata(document, tmp_path / "metadata.json")
     load_runtime(model)
+
+
+def test_an_artifact_damaged_since_its_export_is_named(tmp_path: Path, metadata_document) -> None:
+    """Same size, one byte changed: only the recorded SHA-256 tells."""
+    model = stand_in_onnx(tmp_path / "model.onnx")
+    document = metadata_document()
+    document["stages"] = [{"stage": "onnx", "seconds": 1.0, "file": "model.onnx", "bytes": model.stat().st_size,
+                           "sha256": file_sha256(model)}]
+    write_metadata(document, tmp_path / "metadata.json")
+    load_runtime(model)
+    damaged = bytearray(model.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    model.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=rf"model.onnx is not the file its export wrote: its SHA-256 differs from the one "
+                                         rf".*metadata.json recorded \(same size, different content\)"):
+        load_runtime(model)
 
 
 def static_stand_in_onnx(path: Path, height: int, width: int) -> Path:

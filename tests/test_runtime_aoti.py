@@ -8,6 +8,7 @@ score is clearly apart from its neighbours' (near-ties may swap).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -64,6 +65,7 @@ def test_export_writes_the_package_and_lists_it(tiny_aoti_export: Path) -> None:
     assert metadata.files[Artifact.AOTI.value] == package.name
     stages = {stage["stage"]: stage for stage in metadata.document["stages"]}
     assert stages["aoti package"]["file"] == package.name and stages["aoti package"]["bytes"] == package.stat().st_size
+    assert stages["aoti package"]["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
     with zipfile.ZipFile(package) as archive:
         names = archive.namelist()
     # named like a direct aoti_compile_and_package call would name it, not after a temporary file

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from codetr.contract.metadata import file_sha256
+
 logger = logging.getLogger("codetr.export")
 
 
@@ -23,12 +25,14 @@ class ExportError(RuntimeError):
 
 @dataclasses.dataclass
 class StageRecord:
-    """How long a stage took and which file it wrote (if any)."""
+    """How long a stage took and which file it wrote (if any): its size and SHA-256 (hex), which
+    the runtime checks when it loads the file (codetr.runtime.loader)."""
 
     name: str
     seconds: float
     path: Path | None = None
     bytes: int | None = None
+    sha256: str | None = None
 
 
 class StageLog:
@@ -56,6 +60,7 @@ class StageLog:
         record.seconds = time.perf_counter() - start
         if record.path is not None:
             record.bytes = record.path.stat().st_size
+            record.sha256 = file_sha256(record.path)
             # The name only: the folder is the export's staging folder until every stage is done.
             logger.info("[%s] done in %.1f s -> %s (%.1f MB)", name, record.seconds, record.path.name, record.bytes / 1e6)
         else:
@@ -69,6 +74,7 @@ class StageLog:
                 "seconds": round(record.seconds, 3),
                 "file": record.path.name if record.path else None,
                 "bytes": record.bytes,
+                "sha256": record.sha256,
             }
             for record in self.records
         ]

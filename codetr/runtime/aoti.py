@@ -38,13 +38,17 @@ DEVICE_KEY = "AOTI_DEVICE_KEY"
 
 def package_device_type(path: Path) -> str | None:
     """The device type ("cpu", "cuda") an AOTInductor package at ``path`` was compiled for, read
-    from the archive's Inductor metadata; None when the archive does not say."""
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if "/aotinductor/" in f"/{name}" and name.endswith("_metadata.json"):
-                device_type = json.loads(archive.read(name)).get(DEVICE_KEY)
-                if device_type:
-                    return str(device_type)
+    from the archive's Inductor metadata; None when the archive does not say. Raises ValueError
+    naming ``path`` when it is not a zip archive (truncated or damaged)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if "/aotinductor/" in f"/{name}" and name.endswith("_metadata.json"):
+                    device_type = json.loads(archive.read(name)).get(DEVICE_KEY)
+                    if device_type:
+                        return str(device_type)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path}: not an AOTInductor package (not a zip archive); was it fully written?") from error
     return None
 
 
@@ -71,8 +75,6 @@ class AOTIRuntime(Runtime):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no AOTInductor package at {path}")
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path}: not an AOTInductor package (not a zip archive); was it fully written?")
         compiled_for = package_device_type(path)
         if compiled_for is None:
             raise ValueError(f"{path}: not an AOTInductor package (no aotinductor metadata inside)")

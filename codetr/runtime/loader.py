@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 
 from codetr.contract.artifacts import Artifact, identify_artifact
-from codetr.contract.metadata import ExportMetadata, metadata_path_for, read_metadata
+from codetr.contract.metadata import ExportMetadata, file_sha256, metadata_path_for, read_metadata
 from codetr.runtime.base import Runtime
 
 RUNTIMES: dict[Artifact, str] = {
@@ -42,21 +42,30 @@ def _metadata_beside(path: Path) -> ExportMetadata | None:
     if not metadata_path.is_file():
         return None
     metadata = read_metadata(metadata_path)
-    _check_exported_size(metadata, path)
+    _check_exported_file(metadata, path)
     return metadata
 
 
-def _check_exported_size(metadata: ExportMetadata, path: Path) -> None:
-    """ValueError unless ``path`` has the size its export's stage recorded (metadata.json
-    ``stages``): a file changed since, or a metadata.json copied from another export with the same
-    file names, would otherwise be described wrongly (dtype, sizes, classes)."""
+def _check_exported_file(metadata: ExportMetadata, path: Path) -> None:
+    """ValueError unless ``path`` is the file its export wrote: the size and SHA-256 its stage
+    recorded (metadata.json ``stages``; exports before the hash have only the size). A file
+    truncated or damaged since (a flipped byte in a package's compiled library would crash the
+    process), or a metadata.json copied from another export with the same file names, would
+    otherwise load and be described wrongly."""
     for stage in metadata.document.get("stages", ()):
-        recorded = stage.get("bytes")
-        if stage.get("file") == path.name and recorded is not None and path.is_file():
-            size = path.stat().st_size
-            if size != recorded:
-                raise ValueError(
-                    f"{path} has {size} bytes but {metadata.path} recorded {recorded} when it was exported: "
-                    "the file was changed (truncated, or replaced by another export's) or the metadata.json "
-                    "was copied from another export; keep each export's files together, or re-export"
-                )
+        if stage.get("file") != path.name or not path.is_file():
+            continue
+        recorded, size = stage.get("bytes"), path.stat().st_size
+        if recorded is not None and size != recorded:
+            raise ValueError(
+                f"{path} has {size} bytes but {metadata.path} recorded {recorded} when it was exported: "
+                "the file was changed (truncated, or replaced by another export's) or the metadata.json "
+                "was copied from another export; keep each export's files together, or re-export"
+            )
+        recorded_hash = stage.get("sha256")
+        if recorded_hash is not None and file_sha256(path) != recorded_hash:
+            raise ValueError(
+                f"{path} is not the file its export wrote: its SHA-256 differs from the one {metadata.path} "
+                "recorded (same size, different content): the file was damaged or changed, or the metadata.json "
+                "was copied from another export; restore the file or re-export"
+            )

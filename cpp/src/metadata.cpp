@@ -154,7 +154,27 @@ ExportMetadata read_metadata(const std::filesystem::path& path) {
   metadata.nms.min_score = reader.get<double>("postprocessing.nms.min_score");
   metadata.in_graph = read_in_graph_postprocess(reader, document, metadata.batch_size);
   metadata.files = reader.get<std::map<std::string, std::string>>("files");
+  // Each stage that wrote a file records its name and size; other stages have nulls (as the
+  // Python check, entries without both are passed over).
+  for (const json& stage : document.value("stages", json::array())) {
+    if (stage.is_object() && stage.value("file", json()).is_string() && stage.value("bytes", json()).is_number_unsigned()) {
+      metadata.file_bytes[stage["file"].get<std::string>()] = stage["bytes"].get<uintmax_t>();
+    }
+  }
   return metadata;
+}
+
+void check_exported_size(const ExportMetadata& metadata, const std::filesystem::path& artifact) {
+  const auto recorded = metadata.file_bytes.find(artifact.filename().string());
+  if (recorded == metadata.file_bytes.end() || !std::filesystem::is_regular_file(artifact)) return;
+  const uintmax_t size = std::filesystem::file_size(artifact);
+  if (size != recorded->second) {
+    throw std::runtime_error(artifact.string() + " has " + std::to_string(size) + " bytes but " + metadata.path.string() +
+                             " recorded " + std::to_string(recorded->second) +
+                             " when it was exported: the file was changed (truncated, or replaced by another "
+                             "export's) or the metadata.json was copied from another export; keep each export's "
+                             "files together, or re-export");
+  }
 }
 
 }  // namespace codetr

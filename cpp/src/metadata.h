@@ -68,9 +68,17 @@ struct ExportMetadata {
   NmsConfig nms;
   InGraphPostprocess in_graph;
   std::map<std::string, std::string> files;  // artifact -> file name
+  std::map<std::string, uintmax_t> file_bytes;  // file name -> its size when exported ("stages")
 };
 
 // Reads and checks metadata.json; throws std::runtime_error naming the file and the key.
 ExportMetadata read_metadata(const std::filesystem::path& path);
+
+// Throws std::runtime_error naming both files unless `artifact` has the size its export recorded,
+// as codetr.runtime.loader._check_exported_file does first: a metadata.json of another export with
+// the same file names (e.g. a dynamic export's beside a static package) would otherwise run silently
+// with the wrong pre-processing and input size. The recorded SHA-256, which the Python loader also
+// checks, is not computed here (it would need a hashing library).
+void check_exported_size(const ExportMetadata& metadata, const std::filesystem::path& artifact);
 
 }  // namespace codetr
