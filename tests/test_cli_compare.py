@@ -7,6 +7,7 @@ layer the command must name follows from PyTorch's naming, not from the code und
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from PIL import Image
 
 from codetr.cli import main
 from codetr.config import load_config
+from codetr.contract.metadata import file_sha256
 from codetr.export import Artifact, ExportOptions, MsdaMode, export_model
 from codetr.models import build_model
 
@@ -54,6 +56,12 @@ def planted_export(onnx_export, tmp_path_factory) -> Path:
     (weight,) = [tensor for tensor in model.graph.initializer if tensor.name == PLANTED_PARAMETER]
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
     onnx.save(model, str(folder / "model.onnx"))
+    # As if the export had written the planted model: the loader checks the recorded size and hash.
+    metadata = json.loads((folder / "metadata.json").read_text())
+    for stage in metadata["stages"]:
+        if stage["file"] == "model.onnx":
+            stage.update(bytes=(folder / "model.onnx").stat().st_size, sha256=file_sha256(folder / "model.onnx"))
+    (folder / "metadata.json").write_text(json.dumps(metadata))
     return folder
 
 
