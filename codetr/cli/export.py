@@ -50,8 +50,9 @@ AUTO_ARTIFACTS = "auto"
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "export",
-        help="export a model to ExportedProgram, ONNX, TensorRT engine, Torch-TensorRT",
-        description="Export a Co-DINO model to an ExportedProgram (.pt2), ONNX and a TensorRT engine, with "
+        help="export a model to ExportedProgram, ONNX, TensorRT engine, Torch-TensorRT, AOTInductor package",
+        description="Export a Co-DINO model to an ExportedProgram (.pt2), ONNX, a TensorRT engine, Torch-TensorRT "
+        "and an AOTInductor package (--artifacts), with "
         "metadata.json describing the input, pre-processing and classes. The export is one unit: it is "
         "built aside and replaces the output folder only when every stage succeeded.",
     )
