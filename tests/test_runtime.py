@@ -257,6 +257,17 @@ def test_an_artifact_of_another_size_than_its_export_recorded_is_named(tmp_path:
     load_runtime(model)
 
 
+def test_an_artifact_its_metadata_does_not_list_is_named(tmp_path: Path, metadata_document) -> None:
+    """metadata.json of an export that did not write this file (e.g. a package beside another
+    export's metadata): nothing in it describes the file, so it is refused."""
+    model = stand_in_onnx(tmp_path / "model.onnx")
+    document = metadata_document()
+    document["files"] = {Artifact.EXPORTED_PROGRAM.value: "model.pt2"}
+    write_metadata(document, tmp_path / "metadata.json")
+    with pytest.raises(ValueError, match=r"metadata.json does not describe .*model.onnx: its export wrote model.pt2"):
+        load_runtime(model)
+
+
 def test_an_artifact_damaged_since_its_export_is_named(tmp_path: Path, metadata_document) -> None:
     """Same size, one byte changed: only the recorded SHA-256 tells."""
     model = stand_in_onnx(tmp_path / "model.onnx")

@@ -51,7 +51,14 @@ def _check_exported_file(metadata: ExportMetadata, path: Path) -> None:
     recorded (metadata.json ``stages``; exports before the hash have only the size). A file
     truncated or damaged since (a flipped byte in a package's compiled library would crash the
     process), or a metadata.json copied from another export with the same file names, would
-    otherwise load and be described wrongly."""
+    otherwise load and be described wrongly. A file the metadata does not list at all (``files``)
+    is not described by it either."""
+    if path.name not in metadata.files.values():
+        listed = ", ".join(sorted(metadata.files.values())) or "none"
+        raise ValueError(
+            f"{metadata.path} does not describe {path}: its export wrote {listed}; the metadata.json is another "
+            "export's, or the file was renamed; keep each export's files together under their names, or re-export"
+        )
     for stage in metadata.document.get("stages", ()):
         if stage.get("file") != path.name or not path.is_file():
             continue
